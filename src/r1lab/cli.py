@@ -1,0 +1,191 @@
+"""`r1lab <command>`: thin wrappers that parse arguments and call one function each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from r1lab import __version__
+from r1lab.errors import UserError
+
+console = Console()
+ZERO_RECIPE = "recipes/r1_zero_arith.yaml"
+
+
+def _config(args: argparse.Namespace) -> object:
+    from r1lab.config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from r1lab.models import list_models
+
+    table = Table("spec", "description", "cache")
+    for row in list_models():
+        table.add_row(row["spec"], row["description"], row["cache"])
+    console.print(table)
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from r1lab.tasks import TASKS, make_task
+
+    if not args.name:
+        table = Table("task", "description")
+        for name, cls in sorted(TASKS.items()):
+            table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
+        console.print(table)
+        console.print("show examples: r1lab tasks NAME [-n 3] [--option key=value]")
+        return
+    options = dict(_parse_kv(o) for o in args.option or [])
+    task = make_task(args.name, options)
+    for ex in task.examples(args.split, limit=args.n):
+        console.rule(f"[bold]{ex.id}")
+        console.print(f"[bold]prompt:[/bold] {ex.prompt}")
+        console.print(f"[bold]answer:[/bold] {ex.answer}")
+        if ex.solution:
+            console.print(f"[bold]solution:[/bold] {ex.solution}")
+
+
+def _parse_kv(text: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in text:
+        raise UserError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def cmd_preflight(args: argparse.Namespace) -> None:
+    from r1lab.preflight import preflight
+
+    report = preflight(_config(args), prompts=args.prompts, samples=args.samples)
+    for sample in report.samples:
+        console.rule(f"[bold]{sample['id']}  answer={sample['answer']}")
+        console.print(sample["completion"], markup=False)
+        terms = "  ".join(f"{k}={_fmt(v)}" for k, v in sample["terms"].items())
+        console.print(
+            f"[cyan]reward {sample['reward']:.3f}[/cyan]  {terms}  "
+            f"tokens={sample['tokens']} finished={sample['finished']}"
+        )
+    if report.prompt_tokens:
+        console.print(f"prompt tokens: {report.prompt_tokens}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if not report.warnings:
+        console.print("[green]no warnings[/green]")
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from r1lab.train.run import train
+
+    run_dir = train(_config(args), resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {run_dir}")
+    _print_run_summary(run_dir)
+
+
+def cmd_zero(args: argparse.Namespace) -> None:
+    """R1-Zero on the built-in model: resumes or no-ops when the run already exists."""
+    from r1lab.config import load_config
+    from r1lab.plot import plot_run
+    from r1lab.train.run import train
+
+    config = load_config(args.config or ZERO_RECIPE, args.set or [])
+    run_dir = train(config, resume="auto", progress=not args.quiet)
+    _print_run_summary(run_dir)
+    for path in plot_run(run_dir):
+        console.print(f"wrote {path}")
+
+
+def _print_run_summary(run_dir: Path) -> None:
+    from r1lab.tracking import read_jsonl
+
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval/pass@1" in r]
+    if not rows:
+        return
+    table = Table("step", "eval pass@1", "eval format", "eval length")
+    for row in rows:
+        table.add_row(
+            str(row["step"]),
+            f"{row['eval/pass@1']:.3f}",
+            f"{row['eval/format']:.3f}",
+            f"{row['eval/length']:.1f}",
+        )
+    console.print(table)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from r1lab.plot import plot_run
+
+    for path in plot_run(Path(args.run)):
+        console.print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1lab", description="The DeepSeek-R1 recipe: GRPO with rule rewards and friends."
+    )
+    parser.add_argument("--version", action="version", version=f"r1lab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: object, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("config", nargs=None if required else "?", help="recipe YAML")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set grpo.group_size=4 (repeatable)",
+        )
+
+    add("models", cmd_models, "list built-in model specs and what is cached")
+    p = add("tasks", cmd_tasks, "list tasks, or show examples of one")
+    p.add_argument("name", nargs="?", help="task name or jsonl:PATH")
+    p.add_argument("-n", type=int, default=3, help="examples to show")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option")
+    p = add("preflight", cmd_preflight, "sample a few completions, score them, warn about traps")
+    with_config(p)
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--samples", type=int, default=4)
+    p = add("train", cmd_train, "train with GRPO from a recipe")
+    with_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p = add("zero", cmd_zero, f"R1-Zero: GRPO on the built-in model ({ZERO_RECIPE})")
+    with_config(p, required=False)
+    p.add_argument("--quiet", action="store_true")
+    p = add("plot", cmd_plot, "write PNG figures of a run (reward, accuracy, length, reflection)")
+    p.add_argument("run", help="run directory, e.g. runs/r1_zero_arith")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as err:
+        Console(stderr=True).print(Text("error: ", style="red") + Text(str(err)))
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/yellow]; resume with --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

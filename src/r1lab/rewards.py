@@ -1,0 +1,535 @@
+"""Rule-checked rewards: a registry of pure batch functions, one per idea of the paper.
+
+DeepSeek-R1 rewards are rules, never neural nets (a neural reward model invites reward
+hacking). Each reward here is a plain function `fn(inputs: RewardInputs, **params)` that
+returns one value per completion, or `None` where the reward does not apply to a sample
+(it then adds nothing to that sample's total, and logs show it as "not applicable" rather
+than as a zero). A run names its rewards as `RewardTerm`s (name, weight, params);
+`check_terms` validates them when the config is loaded and `compute_rewards` sums them.
+
+User rewards plug in by import path, `package.module:function`, with the same signature.
+This module imports no transformers or torch: rewards are text in, floats out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import numbers
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from r1lab.errors import UserError, unknown_name
+from r1lab.types import Example
+
+if TYPE_CHECKING:  # the task package pulls in its task modules; a type hint needs none of it
+    from r1lab.tasks.base import Task
+
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+
+@dataclass
+class RewardInputs:
+    """Everything a reward may look at for one batch of completions.
+
+    `completions` is generated text only; `prefill` is what the template already put at the
+    start of the assistant turn (e.g. "<think>\\n"), so rewards that judge the whole response
+    look at `prefill + completion`. `examples[i]` is the problem completion i answers (each
+    prompt's example repeated G times). `lengths`/`truncated` are per completion, in tokens.
+    """
+
+    completions: list[str]
+    examples: list[Example]
+    task: Task | None = None
+    prefill: str = ""
+    lengths: list[int] | None = None
+    max_length: int | None = None
+    truncated: list[bool] | None = None
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        n = len(self.completions)
+        for name in ("examples", "lengths", "truncated"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"RewardInputs.{name} has {len(values)} items for {n} completions")
+
+    def texts(self) -> list[str]:
+        """The full responses, `prefill + completion`, as a reader would see them."""
+        return [self.prefill + c for c in self.completions]
+
+
+RewardFn = Callable[..., list[float | None]]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator adding a reward function to `REWARDS` under `name` (names are unique)."""
+
+    def wrap(fn: RewardFn) -> RewardFn:
+        if name in REWARDS and REWARDS[name] is not fn:
+            raise ValueError(f"reward {name!r} is already registered")
+        REWARDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """The function for a registry name, or for an import path `package.module:function`.
+
+    Unknown names and bad import paths are `UserError`s saying what would be valid, so a typo
+    in a config fails at load time instead of after the model has loaded.
+    """
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" not in name:
+        err = unknown_name("reward", name, REWARDS)
+        raise UserError(f"{err} (or an import path 'package.module:function')")
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"reward import path {name!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ModuleNotFoundError, or the user's module failing to import
+        raise UserError(
+            f"cannot import module {module_name!r} for reward {name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise UserError(f"module {module_name!r} has no attribute {attr!r} (reward {name!r})")
+    if not callable(fn):
+        raise UserError(f"reward {name!r}: {module_name}.{attr} is not callable")
+    return fn
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    """One weighted reward of a run: `weight * fn(inputs, **params)` is added to the total."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def check_terms(terms: Iterable[RewardTerm]) -> None:
+    """Validate reward terms at config load time: names resolve, params fit the signature.
+
+    Term names key the per-term logs, so the same name twice is an error too.
+    """
+    seen: set[str] = set()
+    for term in terms:
+        if term.name in seen:
+            raise UserError(f"reward {term.name!r} is listed twice; list each reward once")
+        seen.add(term.name)
+        if not isinstance(term.weight, (int, float)) or not math.isfinite(term.weight):
+            raise UserError(f"reward {term.name!r}: weight must be a finite number")
+        _check_params(term.name, resolve_reward(term.name), term.params)
+
+
+def _check_params(name: str, fn: RewardFn, params: dict[str, Any]) -> None:
+    """Unknown or missing keyword params of one reward -> UserError listing the valid ones."""
+    sig = inspect.signature(fn)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = list(sig.parameters.values())[1:]  # the first parameter receives `inputs`
+    valid = [p.name for p in accepted if p.kind in kinds]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted)
+    unknown = sorted(k for k in params if k not in valid)
+    if unknown and not takes_any:
+        raise UserError(
+            f"unknown param(s) {', '.join(map(repr, unknown))} for reward {name!r}; "
+            f"valid params: {', '.join(valid) or '(none)'}"
+        )
+    try:
+        sig.bind(None, **params)
+    except TypeError as exc:
+        raise UserError(f"reward {name!r}: {exc}") from exc
+
+
+def compute_rewards(
+    terms: list[RewardTerm], inputs: RewardInputs
+) -> tuple[list[float], dict[str, list[float | None]]]:
+    """Total reward per completion and every term's raw values (keyed by term name).
+
+    total[i] = sum(weight * value) over the terms whose value for i is not None (0.0 when all
+    are None). Terms with weight 0 are still computed, so a reward can be logged without
+    being optimised.
+
+    >>> ex = Example(id="q1", prompt="1+1", answer="2")
+    >>> inputs = RewardInputs(["x</think><answer>2</answer>", "2"], [ex, ex], prefill="<think>")
+    >>> compute_rewards([RewardTerm("format", 0.5), RewardTerm("tag_count")], inputs)
+    ([1.5, 0.25], {'format': [1.0, 0.0], 'tag_count': [1.0, 0.25]})
+    """
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise UserError(f"reward terms repeat a name: {names}")
+    total = [0.0] * len(inputs.completions)
+    per_term: dict[str, list[float | None]] = {}
+    for term in terms:
+        values = _call_reward(term, resolve_reward(term.name), inputs)
+        per_term[term.name] = values
+        for i, value in enumerate(values):
+            if value is not None:
+                total[i] += term.weight * value
+    return total, per_term
+
+
+def _call_reward(term: RewardTerm, fn: RewardFn, inputs: RewardInputs) -> list[float | None]:
+    """Run one reward; a failure names the reward and, where one reproduces it, the sample."""
+    try:
+        values = fn(inputs, **term.params)
+    except UserError as exc:
+        if f"reward {term.name!r}" in str(exc):
+            raise
+        raise UserError(f"reward {term.name!r}: {exc}") from exc
+    except Exception as exc:
+        raise _locate_failure(term, fn, inputs, exc) from exc
+    n = len(inputs.completions)
+    if not isinstance(values, (list, tuple)) or len(values) != n:
+        got = f"{len(values)} values" if isinstance(values, (list, tuple)) else repr(type(values))
+        raise UserError(f"reward {term.name!r} returned {got} for {n} completions")
+    checked: list[float | None] = []
+    for i, value in enumerate(values):
+        if value is not None:
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise UserError(
+                    f"reward {term.name!r} returned {value!r} for sample {i} "
+                    f"(example {inputs.examples[i].id!r}); expected a finite number or None"
+                )
+            value = float(value)
+        checked.append(value)
+    return checked
+
+
+def _locate_failure(
+    term: RewardTerm, fn: RewardFn, inputs: RewardInputs, exc: Exception
+) -> UserError:
+    """Re-run a failed batch reward one sample at a time to name the sample that breaks it."""
+    for i in range(len(inputs.completions)):
+        one = replace(
+            inputs,
+            completions=inputs.completions[i : i + 1],
+            examples=inputs.examples[i : i + 1],
+            lengths=None if inputs.lengths is None else inputs.lengths[i : i + 1],
+            truncated=None if inputs.truncated is None else inputs.truncated[i : i + 1],
+        )
+        try:
+            fn(one, **term.params)
+        except Exception as single:
+            return UserError(
+                f"reward {term.name!r} failed on sample {i} (example {inputs.examples[i].id!r}): "
+                f"{type(single).__name__}: {single}"
+            )
+    return UserError(
+        f"reward {term.name!r} failed on a batch of {len(inputs.completions)} completions "
+        f"(no single sample reproduces it): {type(exc).__name__}: {exc}"
+    )
+
+
+# --------------------------------------------------------------------------- the rewards
+
+
+@register_reward("accuracy")
+def accuracy_reward(inputs: RewardInputs) -> list[float | None]:
+    """1.0 where the task's grader accepts the response, else 0.0.
+
+    The task's `score` is the same definition of "correct" that evaluation uses, so reward
+    and pass@1 cannot disagree. The prefill is included because the answer could begin in it.
+    Example: with a task whose gold for `ex` is "2", completions ["<answer>2</answer>",
+    "<answer>3</answer>"] -> [1.0, 0.0].
+    """
+    task = inputs.task
+    if task is None:
+        raise UserError("reward 'accuracy' needs a task to grade answers, and none was given")
+    return [
+        1.0 if task.score(text, example) else 0.0
+        for text, example in zip(inputs.texts(), inputs.examples, strict=True)
+    ]
+
+
+def format_ok(text: str, allow_trailing: bool = False) -> bool:
+    """The strict R1 format: `<think>...</think> <answer>...</answer>` and nothing else.
+
+    Leading whitespace and whitespace between the blocks are fine; each tag must appear
+    exactly once (so nested or repeated blocks fail); the answer must not be empty (an empty
+    think block is allowed: the format says where reasoning goes, not how much); anything
+    but whitespace after `</answer>` fails unless `allow_trailing`.
+
+    >>> format_ok("<think>1+1 is 2</think>\\n<answer>2</answer>\\n")
+    True
+    >>> format_ok("<think>hm</think><answer>2</answer> and more")
+    False
+    >>> format_ok("<think>x</think><answer> </answer>")
+    False
+    """
+    if any(text.count(tag) != 1 for tag in TAGS):
+        return False
+    body = text.lstrip()
+    if not body.startswith(THINK_OPEN):
+        return False
+    think_end, answer_start, answer_end = (body.index(t) for t in TAGS[1:])
+    if not think_end < answer_start < answer_end:
+        return False
+    if body[think_end + len(THINK_CLOSE) : answer_start].strip():
+        return False
+    if not body[answer_start + len(ANSWER_OPEN) : answer_end].strip():
+        return False
+    return allow_trailing or not body[answer_end + len(ANSWER_CLOSE) :].strip()
+
+
+@register_reward("format")
+def format_reward(inputs: RewardInputs, allow_trailing: bool = False) -> list[float | None]:
+    """1.0 where `prefill + completion` passes `format_ok`, else 0.0.
+
+    Judging the prefilled text matters: a chat template that already opened `<think>` makes
+    the completion start mid-thought, and a check on the completion alone would always be 0.
+
+    >>> ex = Example(id="q", prompt="1+1", answer="2")
+    >>> format_reward(RewardInputs(["so 2</think><answer>2</answer>"], [ex], prefill="<think>\\n"))
+    [1.0]
+    >>> format_reward(RewardInputs(["so 2</think><answer>2</answer>"], [ex]))
+    [0.0]
+    """
+    return [1.0 if format_ok(t, allow_trailing) else 0.0 for t in inputs.texts()]
+
+
+def tag_score(text: str, trailing_penalty: float = 0.001) -> float:
+    """Partial format credit in [0, 1]: 0.25 per well-placed tag.
+
+    A tag is well placed when it appears exactly once and sits in the order
+    `<think>` < `</think>` < `<answer>` < `</answer>` relative to every other tag that also
+    appears exactly once (tags that are missing or repeated earn nothing and constrain
+    nothing). In addition `<think>` must open the response (only whitespace before it), and
+    `</answer>` loses `trailing_penalty` per non-whitespace character after it (at most its
+    whole 0.25), so the model learns to stop after answering.
+
+    >>> tag_score("<think>a</think><answer>2</answer>"), tag_score("<think>a</think> 2")
+    (1.0, 0.5)
+    >>> tag_score("<answer>2</answer>"), tag_score("<think>a</think><answer>2</answer>" + "x" * 100)
+    (0.5, 0.9)
+    """
+    position = {tag: text.index(tag) for tag in TAGS if text.count(tag) == 1}
+    credit = 0.0
+    for k, tag in enumerate(TAGS):
+        if tag not in position:
+            continue
+        in_order = all(
+            (position[other] < position[tag]) == (j < k)
+            for j, other in enumerate(TAGS)
+            if other in position and other != tag
+        )
+        if not in_order or (tag == THINK_OPEN and not text.lstrip().startswith(THINK_OPEN)):
+            continue
+        value = 0.25
+        if tag == ANSWER_CLOSE:
+            trailing = text[position[tag] + len(tag) :].strip()
+            value = max(0.0, value - trailing_penalty * len(trailing))
+        credit += value
+    return round(credit, 12)
+
+
+@register_reward("tag_count")
+def tag_count_reward(inputs: RewardInputs, trailing_penalty: float = 0.001) -> list[float | None]:
+    """`tag_score` of `prefill + completion`: a gradient toward the format before it is met.
+
+    A small model that never emits the full format scores 0 on `format` for every sample, so
+    the group advantages are all zero and nothing is learned; partial credit fixes that.
+
+    >>> ex = Example(id="q", prompt="1+1", answer="2")
+    >>> inputs = RewardInputs(["2</think>", "2</think><answer>2"], [ex, ex], prefill="<think>")
+    >>> tag_count_reward(inputs)
+    [0.5, 0.75]
+    """
+    return [tag_score(t, trailing_penalty) for t in inputs.texts()]
+
+
+# Character classes of the scripts that language_consistency tells apart. Han and kana are
+# written without spaces, so each of their characters counts as one word; in the other
+# scripts a run of letters is one word. Letters of scripts outside this table are not counted.
+_PER_CHAR_SCRIPTS = {
+    "han": "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff",
+    "hiragana": "\u3040-\u309f",
+    "katakana": "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f",
+}
+_RUN_SCRIPTS = {
+    "latin": "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff",
+    "greek": "\u0370-\u03ff\u1f00-\u1fff",
+    "cyrillic": "\u0400-\u052f",
+    "arabic": "\u0620-\u065f\u066e-\u06ef\u06fa-\u06ff\u0750-\u077f\u08a0-\u08ff"
+    "\ufb50-\ufdff\ufe70-\ufeff",
+    "hebrew": "\u0591-\u05f4",
+    "devanagari": "\u0900-\u0963\u0970-\u097f",
+    "thai": "\u0e01-\u0e4f",
+    "hangul": "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af",
+}
+_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_TAG_RE = re.compile("|".join(map(re.escape, TAGS)))
+# One pattern per script, each match one word. A lone Latin or Greek letter is a math
+# variable ("let x = 3", "angle α"), not language, hence {2,}.
+_SCRIPT_WORD_RES = {
+    **{s: re.compile(f"[{chars}]") for s, chars in _PER_CHAR_SCRIPTS.items()},
+    **{
+        s: re.compile(f"[{chars}]{{2,}}" if s in ("latin", "greek") else f"[{chars}]+")
+        for s, chars in _RUN_SCRIPTS.items()
+    },
+}
+
+LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
+    **{lang: frozenset({"latin"}) for lang in ("en", "fr", "de", "es", "it", "pt", "nl")},
+    "zh": frozenset({"han"}),
+    "ja": frozenset({"han", "hiragana", "katakana"}),
+    "ko": frozenset({"hangul"}),
+    "ru": frozenset({"cyrillic"}),
+    "uk": frozenset({"cyrillic"}),
+    "ar": frozenset({"arabic"}),
+    "el": frozenset({"greek"}),
+    "he": frozenset({"hebrew"}),
+    "hi": frozenset({"devanagari"}),
+    "th": frozenset({"thai"}),
+}
+
+
+def think_text(text: str) -> str:
+    """The chain of thought of a response: what lies inside `<think>...</think>`.
+
+    An unclosed `<think>` runs to the end (a truncated thought is still thought); a lone
+    `</think>` closes text that began at the start (the prefill opened it); with neither tag
+    the whole response is the thought. Any of the four tags left inside are removed.
+
+    >>> think_text("<think>a b</think><answer>c</answer>"), think_text("a b</think>c")
+    ('a b', 'a b')
+    """
+    start = text.find(THINK_OPEN)
+    begin = 0 if start < 0 else start + len(THINK_OPEN)
+    end = text.find(THINK_CLOSE, begin)
+    inner = text[begin:] if end < 0 else text[begin:end]
+    return _TAG_RE.sub(" ", inner)
+
+
+def script_word_counts(text: str) -> Counter[str]:
+    """How many words of `text` are written in each script (see the tables above).
+
+    Digits, punctuation, math symbols, LaTeX commands and single Latin/Greek letters count
+    for no script.
+
+    >>> sorted(script_word_counts("Let x = 3, 所以 \\\\frac{1}{2} ответ").items())
+    [('cyrillic', 1), ('han', 2), ('latin', 1)]
+    """
+    text = _LATEX_COMMAND_RE.sub(" ", text)
+    counts: Counter[str] = Counter()
+    for script, pattern in _SCRIPT_WORD_RES.items():
+        n = len(pattern.findall(text))
+        if n:
+            counts[script] = n
+    return counts
+
+
+def language_share(text: str, language: str) -> float | None:
+    """The share of the words of `text` written in `language`'s script; None without words.
+
+    >>> language_share("Let me think 我们计算", "en"), language_share("42 + 7 = 49", "en")
+    (0.42857142857142855, None)
+    """
+    if language not in LANGUAGE_SCRIPTS:
+        raise unknown_name("language", language, LANGUAGE_SCRIPTS)
+    counts = script_word_counts(text)
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    return sum(counts[s] for s in LANGUAGE_SCRIPTS[language]) / total
+
+
+@register_reward("language_consistency")
+def language_consistency_reward(
+    inputs: RewardInputs, language: str | None = None
+) -> list[float | None]:
+    """R1's language-consistency reward: the share of chain-of-thought words in the target language.
+
+    The target is `language` if given, else `inputs.language`. A chain of thought with no
+    words at all (empty, or only numbers and symbols) gets None: the reward does not apply,
+    so it adds nothing, neither rewarding an empty thought nor punishing pure arithmetic.
+
+    >>> ex = Example(id="q", prompt="1+1", answer="2")
+    >>> texts = ["<think>we add them 所以</think><answer>2</answer>", "<think>1+1=2</think>"]
+    >>> inputs = RewardInputs(texts, [ex, ex])
+    >>> language_consistency_reward(inputs), language_consistency_reward(inputs, language="zh")
+    ([0.6, None], [0.4, None])
+    """
+    target = language or inputs.language
+    if target not in LANGUAGE_SCRIPTS:
+        raise unknown_name("language", target, LANGUAGE_SCRIPTS)
+    return [language_share(think_text(t), target) for t in inputs.texts()]
+
+
+@register_reward("overlong")
+def overlong_reward(inputs: RewardInputs, buffer: int | None = None) -> list[float | None]:
+    """DAPO's soft overlong punishment, a ramp from 0 to -1 over the last `buffer` tokens.
+
+    With L = `inputs.max_length`, B = `buffer` (default L // 4) and l the completion length:
+    0 if l <= L - B; (L - B - l) / B if L - B < l <= L; -1 if l > L. The ramp tells the model
+    that running long is bad before truncation cuts its answer off.
+
+    >>> ex = Example(id="q", prompt="1+1", answer="2")
+    >>> inputs = RewardInputs(["a"] * 4, [ex] * 4, lengths=[80, 90, 100, 101], max_length=100)
+    >>> overlong_reward(inputs, buffer=20)
+    [0.0, -0.5, -1.0, -1.0]
+    """
+    limit, lengths = inputs.max_length, inputs.lengths
+    if limit is None or lengths is None:
+        raise UserError("reward 'overlong' needs completion lengths and the max generation length")
+    size = limit // 4 if buffer is None else buffer
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= limit:
+        raise UserError(f"reward 'overlong': buffer must be an integer in 1..{limit}, got {size!r}")
+    start = limit - size
+    return [0.0 if n <= start else -1.0 if n > limit else (start - n) / size for n in lengths]
+
+
+# --------------------------------------------------------------------------- reflection metric
+
+# Words and phrases of self-checking, counted (not rewarded) to watch for the "aha moment":
+# during R1-Zero training the model learns to stop, re-check and revise. Matching is
+# case-insensitive and whole-word; a space matches any whitespace and a hyphen is optional
+# ("re-check", "recheck", "re check"); longer phrases win ("let me verify" counts once).
+REFLECTION_WORDS: tuple[str, ...] = (
+    "wait",
+    "hmm",
+    "actually",
+    "mistake",
+    "re-check",
+    "re-examine",
+    "re-evaluate",
+    "double-check",
+    "verify",
+    "let me check",
+    "let me verify",
+    "let me re-check",
+)
+
+
+def _phrase_pattern(phrase: str) -> str:
+    """Regex for one phrase: a space matches any whitespace, a hyphen is optional."""
+    words = (re.escape(w).replace("\\-", "[-\\s]?") for w in phrase.split())
+    return r"\s+".join(words)
+
+
+_REFLECTION_RE = re.compile(
+    r"(?<!\w)(?:"
+    + "|".join(map(_phrase_pattern, sorted(REFLECTION_WORDS, key=len, reverse=True)))
+    + r")(?!\w)",
+    re.IGNORECASE,
+)
+
+
+def count_reflections(text: str) -> int:
+    """How many reflection words/phrases (`REFLECTION_WORDS`) `text` contains.
+
+    >>> count_reflections("Wait, let me re-check: 2+2=4. Hmm, actually I made a mistake. Verified.")
+    5
+    """
+    return len(_REFLECTION_RE.findall(text))

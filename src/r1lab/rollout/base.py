@@ -1,0 +1,63 @@
+"""The rollout interface shared by every generation engine (transformers now, vLLM on GPUs).
+
+An engine receives rendered prompts and returns, per prompt, `n` generations as token ids and
+text. Training needs the ids (log-probs are computed on exactly the sampled tokens); rewards
+need the text; `finished` tells a completion that stopped on its own from one cut at the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from r1lab.errors import unknown_name
+from r1lab.templates import Prompt
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # sampled tokens, including the EOS token when one was sampled
+    text: str  # decoded completion without special tokens
+    finished: bool  # stopped by EOS or a stop string, not by the length limit
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Generation]]:
+        """`params.n` generations for each prompt, in prompt order: shape [P][n]."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make the engine sample from `model`'s current weights (after an optimizer step)."""
+        ...
+
+
+ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+
+
+def register_engine(name: str) -> Callable[[Callable[..., RolloutEngine]], Any]:
+    def wrap(factory: Callable[..., RolloutEngine]) -> Callable[..., RolloutEngine]:
+        ENGINES[name] = factory
+        return factory
+
+    return wrap
+
+
+def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> RolloutEngine:
+    """Build the engine `name` around an in-memory policy."""
+    from r1lab.rollout import hf  # noqa: F401  (registers the engine)
+
+    if name not in ENGINES:
+        raise unknown_name("rollout engine", name, ENGINES)
+    return ENGINES[name](model, tokenizer, **options)

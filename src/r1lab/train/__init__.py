@@ -1,0 +1,1 @@
+"""Training loops: GRPO (reinforcement learning) and SFT."""

@@ -1,0 +1,302 @@
+"""GRPO, as DeepSeek wrote it, one step at a time.
+
+Each step:
+  1. draw P questions and sample G completions of each from pi_old (the rollout engine);
+  2. score every completion with the rule rewards (each term kept for logging);
+  3. group-normalise the rewards into advantages (no critic: the group is the baseline);
+  4. once, compute pi_old log-probs (only when the policy moves within the step) and
+     pi_ref log-probs (only when beta > 0);
+  5. for mu passes over the batch, split into minibatches, each an optimizer step built by
+     gradient accumulation over micro-batches: clipped surrogate + beta * KL(pi || pi_ref),
+     aggregated by the named mode (GRPO / DAPO / Dr. GRPO).
+
+Where this departs from the paper, on purpose and by option: clip-higher, dynamic sampling,
+truncation masking, overlong shaping and the Dr. GRPO/DAPO aggregations (all off in the `grpo`
+preset); the reference can be reset to the policy every N steps, as R1's training did.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from r1lab.algos import (
+    aggregate,
+    clipped_policy_loss,
+    group_advantages,
+    kl_penalty,
+    loss_normalizer,
+    masked_mean,
+)
+from r1lab.config import Config
+from r1lab.logprobs import token_logprobs
+from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
+from r1lab.rollout.base import Generation, RolloutEngine, SamplingParams
+from r1lab.rollout.hf import left_pad
+from r1lab.tasks.base import Task
+from r1lab.templates import Prompt, render
+from r1lab.types import Example, RolloutBatch
+
+
+def reward_terms(config: Config) -> list[RewardTerm]:
+    """The configured reward terms, plus DAPO's overlong shaping when the preset asks for it."""
+    terms = [RewardTerm(r.name, r.weight, dict(r.params)) for r in config.rewards]
+    if config.grpo.overlong_buffer and not any(t.name == "overlong" for t in terms):
+        terms.append(RewardTerm("overlong", 1.0, {"buffer": config.grpo.overlong_buffer}))
+    return terms
+
+
+def sampling_params(config: Config) -> SamplingParams:
+    gen = config.generation
+    return SamplingParams(
+        n=config.grpo.group_size,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
+        stop=tuple(gen.stop),
+    )
+
+
+def render_all(
+    config: Config, examples: Sequence[Example], tokenizer: Any, shots: Sequence[Example]
+) -> list[Prompt]:
+    return [render(config.template.name, ex.prompt, tokenizer, shots) for ex in examples]
+
+
+def score_groups(
+    config: Config,
+    task: Task,
+    examples: Sequence[Example],
+    prompts: Sequence[Prompt],
+    groups: Sequence[Sequence[Generation]],
+) -> tuple[list[float], dict[str, list[float | None]]]:
+    """Rewards for every completion (flattened group-contiguous) and the per-term values."""
+    flat = [
+        (ex, p, g) for ex, p, group in zip(examples, prompts, groups, strict=True) for g in group
+    ]
+    inputs = RewardInputs(
+        completions=[g.text for _, _, g in flat],
+        examples=[ex for ex, _, _ in flat],
+        task=task,
+        prefill=prompts[0].prefill if prompts else "",
+        lengths=[len(g.completion_ids) for _, _, g in flat],
+        max_length=config.generation.max_new_tokens,
+        truncated=[not g.finished for _, _, g in flat],
+        language=config.train.language,
+    )
+    return compute_rewards(reward_terms(config), inputs)
+
+
+def collate(
+    generations: Sequence[Generation], pad_id: int, mask_truncated: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[prompt | completion] rows: prompts left-padded, completions right-padded.
+
+    Returns input_ids and attention_mask [B, Tp + Tc] and the completion mask [B, Tc]
+    (zeroed for truncated completions when `mask_truncated`, DAPO's overlong filtering).
+    """
+    prompt_ids, prompt_mask = left_pad([g.prompt_ids for g in generations], pad_id)  # [B, Tp]
+    width = max(1, max(len(g.completion_ids) for g in generations))
+    comp = torch.full((len(generations), width), pad_id, dtype=torch.long)  # [B, Tc]
+    comp_mask = torch.zeros((len(generations), width), dtype=torch.long)  # [B, Tc]
+    for i, g in enumerate(generations):
+        comp[i, : len(g.completion_ids)] = torch.tensor(g.completion_ids, dtype=torch.long)
+        keep = g.finished or not mask_truncated
+        comp_mask[i, : len(g.completion_ids)] = int(keep)
+    input_ids = torch.cat([prompt_ids, comp], dim=1)  # [B, Tp + Tc]
+    attention_mask = torch.cat([prompt_mask, (comp_mask > 0) | _real(comp, generations)], dim=1)
+    return input_ids, attention_mask.long(), comp_mask.float()
+
+
+def _real(comp: torch.Tensor, generations: Sequence[Generation]) -> torch.Tensor:
+    """Mask of real (sampled) completion tokens, whether or not they enter the loss."""
+    real = torch.zeros_like(comp, dtype=torch.bool)
+    for i, g in enumerate(generations):
+        real[i, : len(g.completion_ids)] = True
+    return real
+
+
+@torch.no_grad()
+def batch_logprobs(model: Any, batch: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
+    """Log-probs of the completion tokens under `model`, in micro-batches: [B, Tc]."""
+    parts = []
+    for start in range(0, batch.size, micro):
+        sl = slice(start, start + micro)
+        logp, _ = token_logprobs(
+            model,
+            batch.input_ids[sl],
+            batch.attention_mask[sl],
+            logits_to_keep=batch.completion_width,
+            temperature=temperature,
+        )
+        parts.append(logp)
+    return torch.cat(parts)
+
+
+def minibatch_loss(
+    model: Any, batch: RolloutBatch, index: torch.Tensor, config: Config
+) -> dict[str, float]:
+    """Forward/backward one minibatch by micro-batches; gradients accumulate in `model`.
+
+    Every micro-batch divides by the *minibatch's* normaliser, so the summed gradient is the
+    same however the minibatch is split (the loss scale never depends on micro_batch_size).
+    """
+    g = config.grpo
+    mask_all = batch.completion_mask[index]  # [M, Tc]
+    normalizer = loss_normalizer(mask_all, g.loss_agg)
+    totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
+    tokens = float(mask_all.sum().clamp(min=1))
+    for start in range(0, len(index), g.micro_batch_size):
+        idx = index[start : start + g.micro_batch_size]
+        mask = batch.completion_mask[idx]  # [m, Tc]
+        logp, entropy = token_logprobs(
+            model,
+            batch.input_ids[idx],
+            batch.attention_mask[idx],
+            logits_to_keep=batch.completion_width,
+            with_entropy=True,
+            temperature=max(config.generation.temperature, 1e-6),
+        )  # [m, Tc]
+        old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
+        per_token, stats = clipped_policy_loss(
+            logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
+        )  # [m, Tc]
+        weight = float(mask.sum()) / tokens
+        if batch.ref_logp is not None:
+            kl = kl_penalty(logp, batch.ref_logp[idx], g.kl)  # [m, Tc]
+            per_token = per_token + g.beta * kl
+            totals["kl"] += float(masked_mean(kl.detach(), mask)) * weight
+        loss = aggregate(per_token, mask, g.loss_agg, config.generation.max_new_tokens, normalizer)
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        totals["clip_frac"] += float(stats["clip_frac"]) * weight
+        totals["entropy"] += float(masked_mean(entropy.detach(), mask)) * weight
+    return totals
+
+
+def optimize(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    config: Config,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """mu passes of `minibatches` optimizer steps each; a non-finite loss skips its update."""
+    g = config.grpo
+    size = batch.size // g.minibatches
+    logs: list[dict[str, float]] = []
+    skipped = 0
+    for _ in range(g.mu):
+        order = torch.randperm(batch.size, generator=generator) if g.minibatches > 1 else None
+        for m in range(g.minibatches):
+            index = torch.arange(batch.size) if order is None else order[m * size : (m + 1) * size]
+            optimizer.zero_grad(set_to_none=True)
+            stats = minibatch_loss(model, batch, index, config)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            if not (torch.isfinite(norm) and torch.isfinite(torch.tensor(stats["loss"]))):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            stats["grad_norm"] = float(norm)
+            logs.append(stats)
+    optimizer.zero_grad(set_to_none=True)
+    out = {k: sum(s[k] for s in logs) / len(logs) for k in logs[0]} if logs else {}
+    out["updates"] = float(len(logs))
+    out["skipped_updates"] = float(skipped)
+    return out
+
+
+def build_batch(
+    model: Any,
+    ref_model: Any | None,
+    generations: Sequence[Generation],
+    rewards: Sequence[float],
+    config: Config,
+    pad_id: int,
+) -> RolloutBatch:
+    """Tensors, advantages and the once-per-step old/ref log-probs for the optimisation."""
+    g = config.grpo
+    input_ids, attention_mask, completion_mask = collate(generations, pad_id, g.mask_truncated)
+    reward_t = torch.tensor(rewards, dtype=torch.float32)  # [B]
+    batch = RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        completion_mask=completion_mask,
+        advantages=group_advantages(reward_t, g.group_size, g.advantage_scale),
+        rewards=reward_t,
+    )
+    temperature = max(config.generation.temperature, 1e-6)
+    if g.mu * g.minibatches > 1:
+        batch.old_logp = batch_logprobs(model, batch, g.micro_batch_size, temperature)
+    if ref_model is not None and g.beta > 0:
+        batch.ref_logp = batch_logprobs(ref_model, batch, g.micro_batch_size, temperature)
+    return batch
+
+
+def make_reference(model: Any) -> Any:
+    """A frozen copy of the policy: pi_ref for the KL term."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def rollout_step(
+    config: Config,
+    engine: RolloutEngine,
+    task: Task,
+    draw: Any,
+    tokenizer: Any,
+    shots: Sequence[Example],
+) -> dict[str, Any]:
+    """Sample, score and (with dynamic sampling) refill until P groups carry a signal.
+
+    Returns the kept examples/prompts/groups/rewards/terms and the generation statistics of
+    everything sampled this step (the first draw defines zero_std_frac).
+    """
+    g = config.grpo
+    params = sampling_params(config)
+    kept: dict[str, list[Any]] = {"examples": [], "prompts": [], "groups": [], "rewards": []}
+    terms_kept: dict[str, list[float | None]] = {}
+    sampled_tokens, gen_seconds, zero_std_frac = 0, 0.0, None
+    for attempt in range(1 + (g.max_resample if g.dynamic_sampling else 0)):
+        need = g.prompts_per_step - len(kept["groups"])
+        if need <= 0:
+            break
+        examples = draw(g.prompts_per_step if attempt == 0 else need)
+        prompts = render_all(config, examples, tokenizer, shots)
+        start = time.perf_counter()
+        groups = engine.generate(prompts, params)
+        gen_seconds += time.perf_counter() - start
+        sampled_tokens += sum(len(x.completion_ids) for grp in groups for x in grp)
+        rewards, terms = score_groups(config, task, examples, prompts, groups)
+        G = g.group_size
+        flat_std = [
+            max(rewards[i * G : (i + 1) * G]) > min(rewards[i * G : (i + 1) * G])
+            for i in range(len(groups))
+        ]
+        if zero_std_frac is None:
+            zero_std_frac = 1.0 - sum(flat_std) / len(flat_std)
+        for i in range(len(groups)):
+            if g.dynamic_sampling and not flat_std[i]:
+                continue
+            if len(kept["groups"]) >= g.prompts_per_step:
+                break
+            kept["examples"].append(examples[i])
+            kept["prompts"].append(prompts[i])
+            kept["groups"].append(groups[i])
+            kept["rewards"].extend(rewards[i * G : (i + 1) * G])
+            for name, values in terms.items():
+                terms_kept.setdefault(name, []).extend(values[i * G : (i + 1) * G])
+    kept["terms"] = terms_kept
+    kept["sampled_tokens"] = sampled_tokens
+    kept["gen_seconds"] = gen_seconds
+    kept["zero_std_frac"] = zero_std_frac or 0.0
+    return kept
