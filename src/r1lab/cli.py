@@ -63,9 +63,10 @@ def _parse_kv(text: str) -> tuple[str, object]:
 
 
 def cmd_preflight(args: argparse.Namespace) -> None:
+    config = _config(args)
     from r1lab.preflight import preflight
 
-    report = preflight(_config(args), prompts=args.prompts, samples=args.samples)
+    report = preflight(config, prompts=args.prompts, samples=args.samples)
     for sample in report.samples:
         console.rule(f"[bold]{sample['id']}  answer={sample['answer']}")
         console.print(sample["completion"], markup=False)
@@ -87,9 +88,10 @@ def _fmt(value: object) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    config = _config(args)  # a config mistake is reported before the trainer is imported
     from r1lab.train.run import train
 
-    run_dir = train(_config(args), resume=args.resume, progress=not args.quiet)
+    run_dir = train(config, resume=args.resume, progress=not args.quiet)
     console.print(f"[green]done[/green]: {run_dir}")
     _print_run_summary(run_dir)
 
@@ -179,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.fn(args)
     except UserError as err:
-        Console(stderr=True).print(Text("error: ", style="red") + Text(str(err)))
+        # soft_wrap: a message piped to a log file stays one line, greppable
+        Console(stderr=True).print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]; resume with --resume")

@@ -7,7 +7,10 @@ length) is an error at load time rather than an hour into a run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +60,7 @@ def _default_rewards() -> list[RewardConfig]:
 
 @dataclass
 class GenerationConfig:
-    engine: str = "hf"
+    engine: str = "prefix"
     max_new_tokens: int = 128
     max_prompt_tokens: int = 512
     temperature: float = 1.0
@@ -178,6 +181,12 @@ class EvalConfig:
         _at_least("eval.every", self.every, 0)
         _at_least("eval.size", self.size, 0)
         _at_least("eval.k", self.k, 1)
+        if self.max_new_tokens is not None:
+            _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        if self.temperature < 0:
+            raise UserError(f"eval.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"eval.top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -235,6 +244,9 @@ def _choice(key: str, value: str, valid: typing.Iterable[str]) -> None:
         raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check/convert one YAML value against a field's type hint."""
     origin = typing.get_origin(hint)
@@ -244,7 +256,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         return _coerce(value, args[0], key)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key)
+        return from_dict(hint, {} if value is None else value, key)  # `grpo:` left empty
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{key} must be a list, got {value!r}")
@@ -260,6 +272,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `3e-6` (no dot) as a string
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -301,8 +315,14 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             node = node[_list_index(node, part, parts[: i + 1])]
+        elif isinstance(node, dict):
+            if node.get(part) is None:  # absent, or an empty YAML section (`grpo:`)
+                node[part] = {}
+            node = node[part]
         else:
-            node = node.setdefault(part, {})
+            break
+    if not isinstance(node, dict | list):
+        raise UserError(f"--set {key.strip()}: {'.'.join(parts[:-1])} is not a section")
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(node, last, parts)] = value
@@ -320,7 +340,9 @@ def _list_index(node: list[Any], part: str, parts: list[str]) -> int:
 
 def _apply_preset(raw: dict[str, Any]) -> None:
     """Fill in the preset's values under any keys the user did not set explicitly."""
-    grpo = raw.setdefault("grpo", {})
+    if raw.get("grpo") is None:
+        raw["grpo"] = {}
+    grpo = raw["grpo"]
     if not isinstance(grpo, dict):
         return
     preset = grpo.get("preset", "grpo")
@@ -332,7 +354,7 @@ def _apply_preset(raw: dict[str, Any]) -> None:
 
 def build_config(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
     """Validate a raw mapping (plus `--set` overrides) into a `Config`."""
-    raw = dict(raw or {})
+    raw = copy.deepcopy(dict(raw or {}))  # overrides and presets must not touch the caller's
     if "rewards" not in raw:
         raw["rewards"] = [dataclasses.asdict(r) for r in _default_rewards()]
     for assignment in overrides:
@@ -340,7 +362,49 @@ def build_config(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> C
     _apply_preset(raw)
     config = from_dict(Config, raw)
     config.validate()
+    check_references(config)
     return config
+
+
+def check_references(config: Config) -> None:
+    """Fail at load time on names the registries do not know.
+
+    An unknown template, reward (or reward param) or task (or task option) is an error here,
+    before a model is loaded, instead of a crash minutes into a run. The registries are
+    imported lazily: they pull in the task modules, which a plain config load does not need.
+    """
+    from r1lab.rewards import RewardTerm, check_terms
+    from r1lab.templates import check_template
+
+    check_template(config.template.name)
+    check_terms(RewardTerm(r.name, r.weight, dict(r.params)) for r in config.rewards)
+    check_task(config.task.name, config.task.options)
+
+
+def check_task(spec: str, options: dict[str, Any]) -> None:
+    """The task exists and its options fit its constructor, without building it.
+
+    Building a dataset task reads its data (a hub download for `gsm8k`), which a config load
+    must not do; option *values* are checked when the run builds the task, before the model.
+    """
+    from r1lab.errors import unknown_name
+    from r1lab.tasks import TASKS
+
+    name, _, path = spec.partition(":")
+    if name not in TASKS:
+        raise unknown_name("task", spec, TASKS)
+    signature = inspect.signature(TASKS[name])
+    kwargs = {"path": path, **options} if path else dict(options)
+    valid = list(signature.parameters)
+    for key in kwargs:
+        if key not in signature.parameters:
+            raise UserError(
+                f"unknown option {key!r} for task {name!r}; valid options: {', '.join(valid)}"
+            )
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise UserError(f"task {spec!r}: {err}; valid options: {', '.join(valid)}") from err
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -348,6 +412,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: name a recipe YAML")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 
 def token_logprobs(
@@ -53,6 +54,87 @@ def token_logprobs(
     hidden, targets, valid = _completion_hidden_states(
         model, input_ids, attention_mask, logits_to_keep
     )  # [B, K, H], [B, K], [B, K]
+    return hidden_logprobs(
+        model, hidden, targets, valid, with_entropy, chunk_size, temperature, checkpoint_chunks
+    )
+
+
+def prefix_logprobs(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    rows: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    *,
+    checkpoint_chunks: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Completion log-probs when many completions share a prompt: [B, Tc] (and entropy).
+
+    GRPO scores G completions of each prompt. Running `[prompt | completion]` rows costs
+    G * (Tp + Tc) tokens per group; here each distinct prompt runs once (`prompt_ids` [U, Tp],
+    left-padded) and its KV cache is gathered for the rows that continue it (`rows` [B]: the
+    prompt index of each completion), so a group costs Tp + G * Tc tokens, forward and
+    backward: gradients flow through the shared cache into the prompt's single computation.
+    `completion_ids`/`completion_mask` [B, Tc] are right-padded; padded targets get 0.
+    """
+    decoder = model.get_decoder()
+    if decoder is model:
+        raise TypeError(f"{type(model).__name__} has no separate backbone (get_decoder())")
+    width = prompt_ids.shape[1]
+    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
+    cache = DynamicCache(config=model.config)
+    out = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    )
+    cache.reorder_cache(rows)  # every layer's K/V: [U, ...] -> [B, ...]
+    last = out[0][:, -1].index_select(0, rows)  # [B, H], predicts completion token 0
+    start = prompt_mask.long().sum(-1).index_select(0, rows)  # [B] true prompt lengths
+    steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [Tc]
+    mask = torch.cat([prompt_mask.index_select(0, rows), completion_mask.long()], dim=1)
+    out = decoder(
+        input_ids=completion_ids,
+        attention_mask=mask,  # [B, Tp + Tc]
+        position_ids=start[:, None] + steps,  # [B, Tc]
+        cache=cache,
+        cache_position=width + steps,
+        use_cache=True,
+    )
+    hidden = torch.cat([last[:, None], out[0][:, :-1]], dim=1)  # [B, Tc, H]
+    return hidden_logprobs(
+        model,
+        hidden,
+        completion_ids,
+        completion_mask.bool(),
+        with_entropy,
+        chunk_size,
+        temperature,
+        checkpoint_chunks,
+    )
+
+
+def hidden_logprobs(
+    model: nn.Module,
+    hidden: Tensor,
+    targets: Tensor,
+    valid: Tensor,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    checkpoint_chunks: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of `targets` [B, K] from the hidden states that predict them [B, K, H].
+
+    Only `valid` rows go through the LM head, `chunk_size` at a time, so neither padding nor
+    a [B, K, V] logits tensor ever costs memory.
+    """
     batch, keep, width = hidden.shape
     rows = valid.reshape(-1).nonzero().squeeze(-1)  # [N] indices of real target tokens
     hidden_rows = hidden.reshape(-1, width).index_select(0, rows)  # [N, H]
@@ -62,8 +144,13 @@ def token_logprobs(
     use_checkpoint = checkpoint_chunks and torch.is_grad_enabled()
     logp_parts, entropy_parts = [], []
     for start in range(0, rows.numel(), chunk_size):
-        args = (head, transform, with_entropy,
-                hidden_rows[start:start + chunk_size], target_rows[start:start + chunk_size])
+        args = (
+            head,
+            transform,
+            with_entropy,
+            hidden_rows[start : start + chunk_size],
+            target_rows[start : start + chunk_size],
+        )
         if use_checkpoint:
             logp, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -101,7 +188,7 @@ def _completion_hidden_states(
     hidden = outputs[0]  # last_hidden_state, [B, T, H]
     real = attention_mask.bool()  # [B, T]
     valid = real[:, 1:] & real[:, :-1]  # [B, T-1] a real token predicted from a real one
-    return hidden[:, -keep - 1:-1], input_ids[:, -keep:], valid[:, -keep:]
+    return hidden[:, -keep - 1 : -1], input_ids[:, -keep:], valid[:, -keep:]
 
 
 def _logit_transform(model: nn.Module, temperature: float) -> Callable[[Tensor], Tensor]:

@@ -150,16 +150,26 @@ def resolve_dir(spec: str) -> str:
     if spec.startswith("builtin:"):
         return str(builtin_dir(spec.split(":", 1)[1]))
     if spec.endswith(".gguf"):
-        return str(_gguf_dir(Path(spec)))
+        return str(_gguf_dir(Path(spec).expanduser()))
     if ":" in spec.split("/")[0] and not Path(spec).exists():
         scheme = spec.split(":", 1)[0]
         raise unknown_name("model spec scheme", scheme + ":", ["builtin:", "tiny:"])
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
         return str(path)
+    if _looks_like_path(spec):
+        raise UserError(
+            f"model directory not found: {spec}. Name an existing local directory, a .gguf "
+            f"file, a Hugging Face hub id, or the built-in model {DEFAULT_MODEL!r}"
+        )
     return spec
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only mean a local path (a hub id is `name` or `namespace/name`)."""
+    return spec.startswith(("/", ".", "~", "\\")) or spec.count("/") > 1 or "\\" in spec
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:

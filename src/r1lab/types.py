@@ -34,24 +34,24 @@ class Example:
 
 @dataclass
 class RolloutBatch:
-    """One step's rollouts as tensors, B = prompts x G, laid out group-contiguous.
+    """One step's rollouts as tensors: U distinct prompts, B = U x G completions.
 
-    Prompts are left-padded to Tp and completions right-padded to Tc, so every completion
-    starts at column Tp and log-probs of the last Tc positions line up with `completion_mask`.
+    Completions are laid out group-contiguous and refer to their prompt through `rows`, so the
+    prompt's forward pass is shared by its G completions (see `logprobs.prefix_logprobs`).
+    Prompts are left-padded to Tp, completions right-padded to Tc.
     """
 
-    input_ids: Any  # [B, Tp + Tc] long
-    attention_mask: Any  # [B, Tp + Tc] long
+    prompt_ids: Any  # [U, Tp] long
+    prompt_mask: Any  # [U, Tp] long
+    rows: Any  # [B] long, prompt index of each completion
+    completion_ids: Any  # [B, Tc] long
+    completion_attn: Any  # [B, Tc] long, 1 on every sampled token
     completion_mask: Any  # [B, Tc] float, 1 on sampled tokens that enter the loss
     advantages: Any  # [B] float
     rewards: Any  # [B] float, the weighted total
-    old_logp: Any = None  # [B, Tc], π_old log-probs when the policy moves within a step
-    ref_logp: Any = None  # [B, Tc], π_ref log-probs when β > 0
+    old_logp: Any = None  # [B, Tc], pi_old log-probs when the policy moves within a step
+    ref_logp: Any = None  # [B, Tc], pi_ref log-probs when beta > 0
 
     @property
     def size(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def completion_width(self) -> int:
-        return int(self.completion_mask.shape[1])
+        return int(self.completion_ids.shape[0])

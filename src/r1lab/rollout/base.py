@@ -56,7 +56,7 @@ def register_engine(name: str) -> Callable[[Callable[..., RolloutEngine]], Any]:
 
 def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> RolloutEngine:
     """Build the engine `name` around an in-memory policy."""
-    from r1lab.rollout import hf  # noqa: F401  (registers the engine)
+    from r1lab.rollout import hf, prefix  # noqa: F401  (registers the engines)
 
     if name not in ENGINES:
         raise unknown_name("rollout engine", name, ENGINES)

@@ -33,7 +33,7 @@ from r1lab.algos import (
     masked_mean,
 )
 from r1lab.config import Config
-from r1lab.logprobs import token_logprobs
+from r1lab.logprobs import prefix_logprobs
 from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
 from r1lab.rollout.base import Generation, RolloutEngine, SamplingParams
 from r1lab.rollout.hf import left_pad
@@ -93,48 +93,64 @@ def score_groups(
 
 
 def collate(
-    generations: Sequence[Generation], pad_id: int, mask_truncated: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[prompt | completion] rows: prompts left-padded, completions right-padded.
+    groups: Sequence[Sequence[Generation]], pad_id: int, mask_truncated: bool
+) -> dict[str, torch.Tensor]:
+    """Tensors of one step: each group's prompt once, its completions right-padded.
 
-    Returns input_ids and attention_mask [B, Tp + Tc] and the completion mask [B, Tc]
-    (zeroed for truncated completions when `mask_truncated`, DAPO's overlong filtering).
+    Returns prompt_ids/prompt_mask [U, Tp], rows [B], completion_ids/completion_attn [B, Tc]
+    and the loss mask completion_mask [B, Tc] (zeroed for truncated completions when
+    `mask_truncated`: DAPO's overlong filtering).
     """
-    prompt_ids, prompt_mask = left_pad([g.prompt_ids for g in generations], pad_id)  # [B, Tp]
-    width = max(1, max(len(g.completion_ids) for g in generations))
-    comp = torch.full((len(generations), width), pad_id, dtype=torch.long)  # [B, Tc]
-    comp_mask = torch.zeros((len(generations), width), dtype=torch.long)  # [B, Tc]
-    for i, g in enumerate(generations):
-        comp[i, : len(g.completion_ids)] = torch.tensor(g.completion_ids, dtype=torch.long)
-        keep = g.finished or not mask_truncated
-        comp_mask[i, : len(g.completion_ids)] = int(keep)
-    input_ids = torch.cat([prompt_ids, comp], dim=1)  # [B, Tp + Tc]
-    attention_mask = torch.cat([prompt_mask, (comp_mask > 0) | _real(comp, generations)], dim=1)
-    return input_ids, attention_mask.long(), comp_mask.float()
+    prompt_ids, prompt_mask = left_pad([grp[0].prompt_ids for grp in groups], pad_id)
+    flat = [g for grp in groups for g in grp]
+    rows = torch.tensor([u for u, grp in enumerate(groups) for _ in grp], dtype=torch.long)
+    width = max(1, max(len(g.completion_ids) for g in flat))
+    ids = torch.full((len(flat), width), pad_id, dtype=torch.long)  # [B, Tc]
+    attn = torch.zeros((len(flat), width), dtype=torch.long)  # [B, Tc]
+    loss_mask = torch.zeros((len(flat), width), dtype=torch.float32)  # [B, Tc]
+    for i, g in enumerate(flat):
+        n = len(g.completion_ids)
+        ids[i, :n] = torch.tensor(g.completion_ids, dtype=torch.long)
+        attn[i, :n] = 1
+        loss_mask[i, :n] = float(g.finished or not mask_truncated)
+    return dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        rows=rows,
+        completion_ids=ids,
+        completion_attn=attn,
+        completion_mask=loss_mask,
+    )
 
 
-def _real(comp: torch.Tensor, generations: Sequence[Generation]) -> torch.Tensor:
-    """Mask of real (sampled) completion tokens, whether or not they enter the loss."""
-    real = torch.zeros_like(comp, dtype=torch.bool)
-    for i, g in enumerate(generations):
-        real[i, : len(g.completion_ids)] = True
-    return real
+def rows_logprobs(
+    model: Any,
+    batch: RolloutBatch,
+    index: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [m, Tc] of the completions `index`, running each of their prompts once."""
+    prompts, rows = torch.unique(batch.rows[index], return_inverse=True)
+    return prefix_logprobs(
+        model,
+        batch.prompt_ids[prompts],
+        batch.prompt_mask[prompts],
+        rows,
+        batch.completion_ids[index],
+        batch.completion_attn[index],
+        with_entropy=with_entropy,
+        temperature=temperature,
+    )
 
 
 @torch.no_grad()
 def batch_logprobs(model: Any, batch: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
-    """Log-probs of the completion tokens under `model`, in micro-batches: [B, Tc]."""
-    parts = []
-    for start in range(0, batch.size, micro):
-        sl = slice(start, start + micro)
-        logp, _ = token_logprobs(
-            model,
-            batch.input_ids[sl],
-            batch.attention_mask[sl],
-            logits_to_keep=batch.completion_width,
-            temperature=temperature,
-        )
-        parts.append(logp)
+    """Log-probs of every completion token under `model`, in micro-batches: [B, Tc]."""
+    parts = [
+        rows_logprobs(model, batch, torch.arange(s, min(s + micro, batch.size)), temperature)[0]
+        for s in range(0, batch.size, micro)
+    ]
     return torch.cat(parts)
 
 
@@ -154,13 +170,8 @@ def minibatch_loss(
     for start in range(0, len(index), g.micro_batch_size):
         idx = index[start : start + g.micro_batch_size]
         mask = batch.completion_mask[idx]  # [m, Tc]
-        logp, entropy = token_logprobs(
-            model,
-            batch.input_ids[idx],
-            batch.attention_mask[idx],
-            logits_to_keep=batch.completion_width,
-            with_entropy=True,
-            temperature=max(config.generation.temperature, 1e-6),
+        logp, entropy = rows_logprobs(
+            model, batch, idx, max(config.generation.temperature, 1e-6), with_entropy=True
         )  # [m, Tc]
         old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
         per_token, stats = clipped_policy_loss(
@@ -215,19 +226,16 @@ def optimize(
 def build_batch(
     model: Any,
     ref_model: Any | None,
-    generations: Sequence[Generation],
+    groups: Sequence[Sequence[Generation]],
     rewards: Sequence[float],
     config: Config,
     pad_id: int,
 ) -> RolloutBatch:
     """Tensors, advantages and the once-per-step old/ref log-probs for the optimisation."""
     g = config.grpo
-    input_ids, attention_mask, completion_mask = collate(generations, pad_id, g.mask_truncated)
     reward_t = torch.tensor(rewards, dtype=torch.float32)  # [B]
     batch = RolloutBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        completion_mask=completion_mask,
+        **collate(groups, pad_id, g.mask_truncated),
         advantages=group_advantages(reward_t, g.group_size, g.advantage_scale),
         rewards=reward_t,
     )

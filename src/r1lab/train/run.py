@@ -200,9 +200,8 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             out = rollout_step(config, engine, task, stream.take, tokenizer, shots)
             opt: dict[str, float] = {"updates": 0.0, "skipped_updates": 0.0}
             if out["groups"]:
-                generations = [gen for grp in out["groups"] for gen in grp]
                 batch = build_batch(
-                    model, ref, generations, out["rewards"], config, tokenizer.pad_token_id
+                    model, ref, out["groups"], out["rewards"], config, tokenizer.pad_token_id
                 )
                 opt = optimize(model, optimizer, batch, config, generator)
             engine.sync_weights(model)
