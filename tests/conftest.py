@@ -12,6 +12,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Unit tests run tiny models, where a second intra-op thread only adds synchronisation; and when
+# another process shares the two cores, oversubscribed threads make tiny ops 100x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,55 @@ def cmd_plot(args: argparse.Namespace) -> None:
         console.print(f"wrote {path}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    """One evaluation, a side-by-side comparison (--compare), or a run's curve (--run)."""
+    from r1lab import eval_report as report
+
+    if args.compare:
+        if args.run or args.task or args.model or args.out:
+            raise UserError("--compare takes eval directories only (plus --plot-out)")
+        summaries = [report.load_summary(d) for d in args.compare]
+        labels = report.labels_for(args.compare)
+        console.print(report.compare_table(summaries, labels))
+        for note in report.compare_notes(summaries):
+            console.print(f"[yellow]note:[/yellow] {note}")
+        plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
+        console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
+        return
+    options = dict(_parse_kv(o) for o in args.option or [])
+    names = ("k", "temperature", "top_p", "greedy", "seed", "limit", "engine", "batch_size")
+    sampling = {name: getattr(args, name) for name in (*names, "dtype", "device")}
+    sampling["progress"] = not args.quiet
+    prompt = {"template": args.template, "shots": args.shots, "stop": args.stop}
+    if args.run:
+        if args.out or args.model:
+            raise UserError("--run evaluates the run's own models into RUN/eval/<step>/")
+        curve = report.evaluate_run(
+            args.run, args.task, options, max_new_tokens=args.max_new_tokens, **prompt, **sampling
+        )
+        console.print(report.curve_table(curve))
+        console.print(f"wrote {Path(args.run) / 'eval' / report.CURVE_PNG} and .json")
+        return
+    if not args.task:
+        raise UserError("--task is required, e.g. --task arith (list them with `r1lab tasks`)")
+    from r1lab.evaluate import run_eval
+    from r1lab.models import DEFAULT_MODEL
+
+    summary = run_eval(
+        args.model or DEFAULT_MODEL,
+        args.task,
+        options,
+        template=args.template or "r1_zero",
+        shots=args.shots or 0,
+        stop=args.stop or (),
+        max_new_tokens=args.max_new_tokens or 512,
+        out_dir=args.out,
+        **sampling,
+    )
+    console.print(report.summary_table(summary))
+    console.print(f"wrote {summary['out_dir']}/results.jsonl and summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r1lab", description="The DeepSeek-R1 recipe: GRPO with rule rewards and friends."
@@ -173,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p = add("plot", cmd_plot, "write PNG figures of a run (reward, accuracy, length, reflection)")
     p.add_argument("run", help="run directory, e.g. runs/r1_zero_arith")
+    p = add("eval", cmd_eval, "pass@1 over k samples, cons@k, pass@k on a task's test split")
+    p.add_argument("--model", help="model spec or checkpoint dir (default: the built-in model)")
+    p.add_argument("--task", help="task name or jsonl:PATH (with --run: the run's task)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option")
+    p.add_argument("--template", help="prompt template (default r1_zero; --run: the run's)")
+    p.add_argument("--shots", type=int, help="worked train examples shown first (default 0)")
+    p.add_argument("--k", type=int, default=8, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (forces k=1)")
+    p.add_argument("--max-new-tokens", type=int, help="default 512 (--run: the run's)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--limit", type=int, help="evaluate the first N test problems")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default evals/<model>_<task>_...)")
+    p.add_argument("--engine", default="prefix", help="rollout engine: prefix or hf")
+    p.add_argument("--batch-size", type=int, default=8, help="problems per results write")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compare", nargs="+", metavar="DIR", help="compare eval directories")
+    p.add_argument("--plot-out", help="PNG path for --compare (default next to the first DIR)")
+    p.add_argument("--run", help="evaluate every checkpoint of a run directory")
     return parser
 
 

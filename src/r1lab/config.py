@@ -42,9 +42,11 @@ class TaskConfig:
 class TemplateConfig:
     name: str = "r1_zero"
     shots: int = 0  # worked examples from the task's train split shown before the question
+    shot_style: str = "brief"  # "brief" (one-line derivation) or "solution" (full worked one)
 
     def validate(self) -> None:
         _at_least("template.shots", self.shots, 0)
+        _choice("template.shot_style", self.shot_style, ("brief", "solution"))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from r1lab.errors import UserError
 from r1lab.models import load_model
 from r1lab.rollout import make_engine
 from r1lab.tasks import make_task
+from r1lab.templates import pick_shots
 from r1lab.train.grpo import render_all, reward_terms, sampling_params, score_groups
 
 
@@ -40,7 +41,7 @@ def preflight(config: Config, prompts: int = 2, samples: int = 4) -> PreflightRe
     if not examples:
         report.warnings.append("the training split is empty")
         return report
-    shots = [ex for ex in examples if ex.solution][: config.template.shots]
+    shots = pick_shots(task, examples, config.template.shots, config.template.shot_style)
     chosen = examples[len(shots) : len(shots) + prompts] or examples[:prompts]
     model, tokenizer = load_model(config.model.spec, config.model.dtype)
     rendered = render_all(config, chosen, tokenizer, shots)

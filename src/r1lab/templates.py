@@ -8,7 +8,7 @@ A template turns a bare question into the exact text the model continues, and re
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from r1lab.errors import unknown_name
@@ -52,6 +52,23 @@ def worked_completion(example: Example) -> str:
     """The R1-format answer to a solved example: reasoning in <think>, answer in <answer>."""
     reasoning = example.solution or f"The answer is {example.answer}."
     return f"<think> {reasoning} </think> <answer> {example.answer} </answer>"
+
+
+SHOT_STYLES = ("brief", "solution")
+
+
+def pick_shots(task: Any, examples: Sequence[Example], count: int, style: str) -> list[Example]:
+    """The first `count` training examples as worked shots, reasoning as `style` asks.
+
+    "solution" shows the task's full worked solution (when it has one); "brief" shows a
+    one-line derivation (`Task.brief`), which keeps a small model's answers short.
+    """
+    if style not in SHOT_STYLES:
+        raise unknown_name("shot style", style, SHOT_STYLES)
+    shots = list(examples[:count])
+    if style == "brief":
+        return [replace(ex, solution=task.brief(ex)) for ex in shots]
+    return shots
 
 
 def _r1_zero(question: str, tokenizer: Any, shots: Sequence[Example]) -> Prompt:

@@ -29,28 +29,46 @@ class JsonlWriter:
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
 
+    def clear(self) -> None:
+        """Start the file over (a run that starts fresh where an abandoned one left rows)."""
+        if self.path.exists():
+            self.path.write_text("")
+
     def truncate_after(self, step: int) -> None:
-        """Drop rows written after `step`: a resumed run re-creates them, without duplicates."""
+        """Drop rows written after `step`: a resumed run re-creates them, without duplicates.
+
+        A half-written last line (the process was killed mid-write) is dropped too, since it
+        belongs to a step after the checkpoint. The file is replaced atomically, so a crash
+        here cannot lose the rows being kept.
+        """
         if not self.path.exists():
             return
-        rows = read_jsonl(self.path)
+        rows = read_jsonl(self.path, partial_tail=True)
         kept = [r for r in rows if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a malformed line is an error naming the file and the line."""
+def read_jsonl(path: Path, partial_tail: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a malformed line is an error naming the file and the line.
+
+    With `partial_tail`, a malformed *last* line without a newline (a write cut short by a
+    crash) is skipped instead.
+    """
     from r1lab.errors import UserError
 
     rows = []
-    with Path(path).open() as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: invalid JSON: {err.msg}") from err
+    lines = Path(path).read_text().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if partial_tail and number == len(lines):  # no newline after it: cut short
+                break
+            raise UserError(f"{path}:{number}: invalid JSON: {err.msg}") from err
     return rows
 
 

@@ -275,6 +275,9 @@ class ArithTask(Task):
             self._splits = self._generate()
         return list(self._splits[split][:limit])
 
+    def brief(self, example: Example) -> str:
+        return f"{example.meta['expression']} = {example.answer}"
+
     def grade(self, answer: str | None, example: Example) -> bool:
         value = parse_number(answer)
         return value is not None and value == int(example.answer)

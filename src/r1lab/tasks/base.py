@@ -96,6 +96,14 @@ class Task(ABC):
         """Extract and grade in one call: the single definition of 'correct' for a completion."""
         return self.grade(self.extract(completion), example)
 
+    def brief(self, example: Example) -> str:
+        """A one-line derivation for few-shot prompts.
+
+        Small models copy the length of a worked example: a long `solution` in the prompt
+        makes them ramble past the token limit, a brief one shows the format alone.
+        """
+        return f"The answer is {example.answer}."
+
     def normalize(self, answer: str | None) -> str | None:
         """A canonical form of an answer, so majority voting can count equal answers together."""
         return None if answer is None else " ".join(answer.split())

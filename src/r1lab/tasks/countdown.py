@@ -252,6 +252,9 @@ class CountdownTask(Task):
             self._splits = self._generate()
         return list(self._splits[split][:limit])
 
+    def brief(self, example: Example) -> str:
+        return f"{example.answer} = {example.meta['target']}"
+
     def grade(self, answer: str | None, example: Example) -> bool:
         return check_equation(answer, list(example.meta["numbers"]), int(example.meta["target"]))
 

@@ -197,15 +197,22 @@ def optimize(
     config: Config,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """mu passes of `minibatches` optimizer steps each; a non-finite loss skips its update."""
+    """mu passes of `minibatches` optimizer steps each; a non-finite loss skips its update.
+
+    A minibatch holds batch_size / minibatches sequences, as configured; a smaller batch
+    (dynamic sampling that ran out of resamples) makes fewer, not smaller, optimizer steps,
+    and every sequence is used.
+    """
     g = config.grpo
-    size = batch.size // g.minibatches
+    size = max(1, g.batch_size // g.minibatches)  # sequences per optimizer step
     logs: list[dict[str, float]] = []
     skipped = 0
     for _ in range(g.mu):
-        order = torch.randperm(batch.size, generator=generator) if g.minibatches > 1 else None
-        for m in range(g.minibatches):
-            index = torch.arange(batch.size) if order is None else order[m * size : (m + 1) * size]
+        if g.minibatches > 1:
+            order = torch.randperm(batch.size, generator=generator)
+        else:
+            order = torch.arange(batch.size)
+        for index in order.split(size):
             optimizer.zero_grad(set_to_none=True)
             stats = minibatch_loss(model, batch, index, config)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)

@@ -31,9 +31,16 @@ from r1lab.rewards import count_reflections, format_ok
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
 from r1lab.tasks.base import Task
+from r1lab.templates import pick_shots
 from r1lab.tracking import JsonlWriter, ProgressDisplay
 from r1lab.train.common import PromptStream, build_optimizer, lr_at, set_seed
-from r1lab.train.grpo import build_batch, make_reference, optimize, rollout_step
+from r1lab.train.grpo import (
+    build_batch,
+    make_reference,
+    optimize,
+    reward_terms,
+    rollout_step,
+)
 from r1lab.types import Example
 
 
@@ -90,8 +97,8 @@ def _step_metrics(
         "accuracy": sum(task.score(t, ex) for t, (ex, _) in zip(texts, gens, strict=True)) / n,
         "format": sum(format_ok(t) for t in texts) / n,
     }
-    for name, values in out["terms"].items():
-        present = [v for v in values if v is not None]
+    for name in [t.name for t in reward_terms(config)]:  # every term, even with no groups
+        present = [v for v in out["terms"].get(name, []) if v is not None]
         row[f"reward/{name}"] = sum(present) / len(present) if present else None
     row.update(
         completion_len_mean=sum(lengths) / len(lengths),
@@ -150,7 +157,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     task = make_task(config.task.name, config.task.options)
     train_examples = task.examples("train")
     test_examples = task.examples("test", limit=config.eval.size) if config.eval.size else []
-    shots = [ex for ex in train_examples if ex.solution][: config.template.shots]
+    shots = pick_shots(task, train_examples, config.template.shots, config.template.shot_style)
     state = load_state(checkpoint) if checkpoint else None
     model, tokenizer = load_model(str(checkpoint or config.model.spec), config.model.dtype)
     ref = None
@@ -183,10 +190,17 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
         metrics.truncate_after(start)
         samples.truncate_after(start)
         if start >= config.train.steps:
+            if not (run_dir / "final").exists():  # stopped between the last save and final/
+                save_model_dir(model, tokenizer, run_dir / "final")
             return run_dir
+    else:
+        # A fresh start (`resume="auto"` after a crash before the first checkpoint): rows of
+        # the abandoned attempt would otherwise be followed by a second step 0, 1, ...
+        metrics.clear()
+        samples.clear()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
-    if start == 0:
+    if start == 0 and test_examples:
         metrics.write(
             {"step": 0, **evaluate_policy(config, engine, task, tokenizer, test_examples, shots)}
         )
@@ -230,7 +244,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
                     "is intact. Lower optim.lr or check the rewards."
                 )
             is_last = step == config.train.steps
-            if is_last or (config.eval.every and step % config.eval.every == 0):
+            if test_examples and (is_last or (config.eval.every and step % config.eval.every == 0)):
                 metrics.write(
                     {
                         "step": step,
