@@ -141,6 +141,7 @@ def test_run_evaluates_every_checkpoint_and_writes_the_curve(capsys, tmp_path):
         summary = json.loads((run_dir / "eval" / name / "summary.json").read_text())
         assert summary["settings"]["max_new_tokens"] == 6  # the run's own settings
         assert summary["settings"]["template"] == "r1_zero"
+        assert summary["settings"]["shot_style"] == "brief"
     curve = json.loads((run_dir / "eval" / "accuracy_vs_step.json").read_text())
     assert [p["step"] for p in curve["points"]] == [0, 5]
     assert curve["points"][1]["model"] == str((run_dir / "checkpoints" / "step-000005").resolve())

@@ -317,7 +317,7 @@ def test_greedy_run_is_labelled(tmp_path):
     assert summary["settings"]["temperature"] == 0.0
     assert any("k forced" in note for note in summary["notes"])
     assert len(read_rows(tmp_path / "g")) == 2
-    assert "GREEDY" in str(summary_table(summary).title)
+    assert "GREEDY (temperature 0, k=1)" in str(summary_table(summary).renderables[0])
 
 
 class ScriptedEngine:
@@ -373,3 +373,26 @@ def test_metrics_through_the_whole_path_with_a_scripted_engine(tmp_path, monkeyp
 class _Prompt:
     def __init__(self, text):
         self.text, self.prefill, self.add_special_tokens = text, "", True
+
+
+@pytest.mark.parametrize("style", ["brief", "solution"])
+def test_shots_come_from_train_in_the_training_style(tmp_path, monkeypatch, style):
+    from r1lab.tasks import make_task
+    from r1lab.templates import pick_shots
+
+    task = make_task("arith")
+    seen = []
+
+    def fake_engine(settings, todo, shots, dtype, device):
+        return ScriptedEngine(task), object(), torch.device("cpu")
+
+    def fake_render(name, question, tokenizer, shots=()):
+        seen.append(list(shots))
+        return _Prompt(question)
+
+    monkeypatch.setattr(evaluate, "_engine", fake_engine)
+    monkeypatch.setattr(evaluate, "render", fake_render)
+    out = tmp_path / style
+    summary = run_eval("tiny:llama", "arith", limit=1, k=1, shots=2, shot_style=style, out_dir=out)
+    assert seen == [pick_shots(task, task.examples("train"), 2, style)]
+    assert (summary["settings"]["shots"], summary["settings"]["shot_style"]) == (2, style)

@@ -159,3 +159,20 @@ def test_saved_tiny_model_loads_back_from_its_directory(tiny_llama, tmp_path):
 def test_load_tokenizer_for_tiny_is_the_builtin_tokenizer(tokenizer):
     tiny = load_tokenizer("tiny:qwen2")
     assert tiny.get_vocab() == tokenizer.get_vocab()
+
+
+def test_compute_context_bf16_autocasts_matmuls_but_fp32_does_not():
+    from r1lab.models import compute_context
+
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with compute_context("bfloat16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with compute_context("float32"):
+        assert (a @ b).dtype == torch.float32
+
+
+def test_compute_context_rejects_unknown_dtype():
+    from r1lab.models import compute_context
+
+    with pytest.raises(UserError, match="valid dtypes"):
+        compute_context("float8")

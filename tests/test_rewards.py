@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import r1lab.language as language
 import r1lab.rewards as rewards
 from r1lab.errors import UserError
 from r1lab.rewards import (
@@ -53,6 +54,7 @@ def one(name: str, completion: str, **kw) -> float | None:
 
 def test_docstring_examples_hold():
     assert doctest.testmod(rewards).failed == 0
+    assert doctest.testmod(language).failed == 0
 
 
 # ---------------------------------------------------------------- format

@@ -153,6 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sampling = {name: getattr(args, name) for name in (*names, "dtype", "device")}
     sampling["progress"] = not args.quiet
     prompt = {"template": args.template, "shots": args.shots, "stop": args.stop}
+    prompt["shot_style"] = args.shot_style
     if args.run:
         if args.out or args.model:
             raise UserError("--run evaluates the run's own models into RUN/eval/<step>/")
@@ -173,6 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         options,
         template=args.template or "r1_zero",
         shots=args.shots or 0,
+        shot_style=args.shot_style or "brief",
         stop=args.stop or (),
         max_new_tokens=args.max_new_tokens or 512,
         out_dir=args.out,
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option")
     p.add_argument("--template", help="prompt template (default r1_zero; --run: the run's)")
     p.add_argument("--shots", type=int, help="worked train examples shown first (default 0)")
+    p.add_argument("--shot-style", choices=["brief", "solution"], help="default brief")
     p.add_argument("--k", type=int, default=8, help="samples per problem")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -238,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default evals/<model>_<task>_...)")
     p.add_argument("--engine", default="prefix", help="rollout engine: prefix or hf")
-    p.add_argument("--batch-size", type=int, default=8, help="problems per results write")
+    p.add_argument("--batch-size", type=int, default=1, help="problems per results write")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

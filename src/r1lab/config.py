@@ -26,10 +26,12 @@ from r1lab.models import DEFAULT_MODEL, DTYPES
 @dataclass
 class ModelConfig:
     spec: str = DEFAULT_MODEL
-    dtype: str = "float32"
+    dtype: str = "float32"  # weights and optimizer state
+    compute_dtype: str = "float32"  # "bfloat16": autocast the training forward/backward passes
 
     def validate(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.compute_dtype", self.compute_dtype, DTYPES)
 
 
 @dataclass

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from r1lab.errors import UserError
 from r1lab.eval_store import SUMMARY
@@ -44,22 +46,21 @@ def decoding(summary: dict[str, Any]) -> str:
     return f"k={s['k']}, temperature {s['temperature']:g}, top-p {s['top_p']:g}"
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    """One evaluation: metric, value, 95% bootstrap CI over problems; settings in the title."""
+def summary_table(summary: dict[str, Any]) -> Group:
+    """One evaluation: a settings line, then metric, value, 95% bootstrap CI over problems.
+
+    The settings line sits above the table rather than in its title, so a long model path
+    does not fold the narrow table's title over several lines.
+    """
     s = summary["settings"]
-    table = Table(
-        "metric",
-        "value",
-        "95% CI",
-        title=escape(
-            f"{s['model']} on {s['task']} [{s['template']}]: {summary['problems']} problems, "
-            + decoding(summary)
-        ),
-        caption=escape("; ".join(summary.get("notes", []))) or None,
-    )
+    title = f"{s['model']} on {s['task']} [{s['template']}]: {summary['problems']} problems, "
+    title += decoding(summary)
+    table = Table("metric", "value", "95% CI")
     for key, value in summary["metrics"].items():
         table.add_row(_label(key, summary["k"]), _value(key, value), _ci(summary, key))
-    return table
+    parts: list[Any] = [Text(title, style="bold"), table]
+    parts += [Text(f"note: {note}", style="yellow") for note in summary.get("notes", [])]
+    return Group(*parts)
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
@@ -182,14 +183,16 @@ def evaluate_run(
     task_options: dict[str, Any] | None = None,
     template: str | None = None,
     shots: int | None = None,
+    shot_style: str | None = None,
     max_new_tokens: int | None = None,
     stop: Sequence[str] | None = None,
     **sampling: Any,
 ) -> dict[str, Any]:
     """Evaluate the base model and every checkpoint into RUN/eval/<step>/; write the curve.
 
-    Unset task, template, shots, max_new_tokens and stop come from the run's config, so the
-    curve measures the problems and prompt the run trained on. Finished points resume at once.
+    Unset task, template, shots, shot style, max_new_tokens and stop come from the run's
+    config, so the curve measures the problems and prompt the run trained on. Finished points
+    resume at once.
     """
     run_dir = Path(run_dir)
     config, points = run_points(run_dir)
@@ -199,6 +202,7 @@ def evaluate_run(
         task_options=task_options,
         template=template or config.template.name,
         shots=config.template.shots if shots is None else shots,
+        shot_style=shot_style or config.template.shot_style,
         max_new_tokens=max_new_tokens
         or config.eval.max_new_tokens
         or config.generation.max_new_tokens,

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from r1lab.errors import UserError
+from r1lab.errors import UserError, unknown_name
+from r1lab.templates import SHOT_STYLES
 
 RESULTS, SUMMARY, SETTINGS = "results.jsonl", "summary.json", "settings.json"
 SPLIT = "test"
@@ -38,6 +39,7 @@ class EvalSettings:
     task_options: dict[str, Any] = field(default_factory=dict)
     template: str = "r1_zero"
     shots: int = 0
+    shot_style: str = "brief"
     k: int = 8
     temperature: float = 0.6
     top_p: float = 0.95
@@ -76,6 +78,8 @@ def make_settings(model: str, task: str, **kwargs: Any) -> tuple[EvalSettings, l
         raise UserError(f"top_p must be in (0, 1], got {settings.top_p}")
     if settings.shots < 0:
         raise UserError(f"shots must be >= 0, got {settings.shots}")
+    if settings.shot_style not in SHOT_STYLES:
+        raise unknown_name("shot style", settings.shot_style, SHOT_STYLES)
     return settings, notes
 
 

@@ -38,7 +38,7 @@ from r1lab.eval_store import (
 from r1lab.rewards import format_ok
 from r1lab.rollout.base import RolloutEngine, SamplingParams
 from r1lab.tasks.base import Task
-from r1lab.templates import render
+from r1lab.templates import pick_shots, render
 from r1lab.types import Example
 
 RESAMPLES = 1000
@@ -218,10 +218,11 @@ def run_eval(
     out_dir: str | Path | None = None,
     seed: int = 0,
     engine: str = "prefix",
-    batch_size: int = 8,
+    batch_size: int = 1,
     *,
     greedy: bool = False,
     shots: int = 0,
+    shot_style: str = "brief",
     stop: Sequence[str] = (),
     dtype: str = "float32",
     device: str = "auto",
@@ -239,6 +240,7 @@ def run_eval(
         task_options=task_options,
         template=template,
         shots=shots,
+        shot_style=shot_style,
         k=k,
         temperature=temperature,
         top_p=top_p,
@@ -258,7 +260,7 @@ def evaluate_settings(
     out: Path,
     limit: int | None = None,
     notes: Sequence[str] = (),
-    batch_size: int = 8,
+    batch_size: int = 1,
     dtype: str = "float32",
     device: str = "auto",
     progress: bool = False,
@@ -286,10 +288,10 @@ def evaluate_settings(
     if len(todo) < len(problems):
         notes.append(f"resumed: {len(problems) - len(todo)} problems reused from {RESULTS}")
     if todo:
-        train = [ex for ex in task.examples("train") if ex.solution]
+        train = task.examples("train", limit=settings.shots)
         if len(train) < settings.shots:
-            notes.append(f"only {len(train)} worked examples available for {settings.shots} shots")
-        shot_examples = train[: settings.shots]
+            notes.append(f"only {len(train)} train examples available for {settings.shots} shots")
+        shot_examples = pick_shots(task, train, settings.shots, settings.shot_style)
         runtime = {"batch_size": batch_size, "dtype": dtype, "device": device}
         _sample_problems(settings, task, todo, shot_examples, out / RESULTS, progress, **runtime)
         finished = load_finished(out, settings.k)

@@ -56,6 +56,21 @@ TINY_DIMS = dict(
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def compute_context(compute_dtype: str, device: Any = "cpu") -> Any:
+    """Autocast for forward/backward passes: bf16 matmuls over fp32 master weights.
+
+    The optimizer and the weights stay in `model.dtype` (fp32 by default); only the matmuls
+    run in bf16, and the log-softmax/loss math is done in fp32 by `logprobs`. On CPUs with
+    AVX-512 bf16 (and on GPUs) this is the cheap half of mixed precision.
+    """
+    import torch
+
+    _torch_dtype(compute_dtype)
+    device_type = torch.device(device).type
+    enabled = compute_dtype != "float32"
+    return torch.autocast(device_type, dtype=getattr(torch, compute_dtype), enabled=enabled)
+
+
 def cache_dir() -> Path:
     """Where converted models live: `$R1LAB_CACHE`, default `~/.cache/r1lab`."""
     return Path(os.environ.get("R1LAB_CACHE", Path.home() / ".cache" / "r1lab"))

@@ -26,7 +26,7 @@ from r1lab.checkpoint import (
 from r1lab.config import Config, dump_config
 from r1lab.errors import UserError
 from r1lab.evaluate import sample_and_grade, summarize
-from r1lab.models import load_model
+from r1lab.models import compute_context, load_model
 from r1lab.rewards import count_reflections, format_ok
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
@@ -214,10 +214,11 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             out = rollout_step(config, engine, task, stream.take, tokenizer, shots)
             opt: dict[str, float] = {"updates": 0.0, "skipped_updates": 0.0}
             if out["groups"]:
-                batch = build_batch(
-                    model, ref, out["groups"], out["rewards"], config, tokenizer.pad_token_id
-                )
-                opt = optimize(model, optimizer, batch, config, generator)
+                with compute_context(config.model.compute_dtype, model.device):
+                    batch = build_batch(
+                        model, ref, out["groups"], out["rewards"], config, tokenizer.pad_token_id
+                    )
+                    opt = optimize(model, optimizer, batch, config, generator)
             engine.sync_weights(model)
             bad_steps = bad_steps + 1 if opt["skipped_updates"] and not opt["updates"] else 0
             if (
