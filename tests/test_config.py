@@ -21,7 +21,16 @@ from r1lab.config import (
 from r1lab.errors import UserError
 from r1lab.tasks import make_task
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def recipe_kind(path: Path) -> str:
+    return yaml.safe_load(path.read_text()).get("kind", "grpo")
+
+
+# GRPO recipes are checked here; `kind: sft` ones in tests/test_sft.py.
+RECIPES = [path for path in ALL_RECIPES if recipe_kind(path) == "grpo"]
+TESTED_KINDS = ("grpo", "sft")  # the kinds a recipe test covers
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -319,9 +328,21 @@ def test_recipe_loads_and_its_references_resolve(path):
     templates.check_template(config.template.name)
 
 
+def test_every_recipe_has_a_kind_that_some_test_validates():
+    # a recipe of an unknown kind would be skipped by both recipe tests: fail instead
+    kinds = {path.name: recipe_kind(path) for path in ALL_RECIPES}
+    assert set(kinds.values()) <= set(TESTED_KINDS), kinds
+
+
+def test_kind_names_the_command_that_runs_a_recipe():
+    assert build_config({"kind": "grpo"}) == build_config({})
+    with pytest.raises(UserError, match="`kind: sft` recipe: run it with `r1lab sft`"):
+        build_config({"kind": "sft"})
+
+
 def test_recipes_have_distinct_run_names():
     # runs/<name>/ is the run directory: two recipes with one name would resume each other.
-    names = [load_config(path).name for path in RECIPES]
+    names = [yaml.safe_load(path.read_text()).get("name") for path in ALL_RECIPES]
     assert len(names) == len(set(names)), names
 
 

@@ -96,6 +96,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print_run_summary(run_dir)
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    """Supervised fine-tuning (R1's cold start) from a `kind: sft` recipe."""
+    from r1lab.sft_config import load_sft_config
+
+    config = load_sft_config(args.config, args.set or [])  # config mistakes before torch loads
+    from r1lab.tracking import read_jsonl
+    from r1lab.train.sft import sft
+
+    run_dir = sft(config, resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {run_dir}")
+    table = Table("step", "eval loss", "eval pass@1", "eval format")
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        if any(key.startswith("eval/") for key in row):
+            cells = (row.get(k) for k in ("eval/loss", "eval/pass@1", "eval/format"))
+            table.add_row(str(row["step"]), *("-" if v is None else f"{v:.3f}" for v in cells))
+    console.print(table)
+
+
 def cmd_zero(args: argparse.Namespace) -> None:
     """R1-Zero on the built-in model: resumes or no-ops when the run already exists."""
     from r1lab.config import load_config
@@ -216,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--samples", type=int, default=4)
     p = add("train", cmd_train, "train with GRPO from a recipe")
+    with_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p = add("sft", cmd_sft, "supervised fine-tuning (the cold start) from a `kind: sft` recipe")
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no live progress display")

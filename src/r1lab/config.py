@@ -356,13 +356,33 @@ def _apply_preset(raw: dict[str, Any]) -> None:
         grpo.setdefault(key, value)
 
 
-def build_config(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
-    """Validate a raw mapping (plus `--set` overrides) into a `Config`."""
-    raw = copy.deepcopy(dict(raw or {}))  # overrides and presets must not touch the caller's
-    if "rewards" not in raw:
-        raw["rewards"] = [dataclasses.asdict(r) for r in _default_rewards()]
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """A deep copy of `raw` with the `--set a.b=c` overrides applied (the caller's is untouched)."""
+    raw = copy.deepcopy(dict(raw or {}))
     for assignment in overrides:
         _apply_override(raw, assignment)
+    return raw
+
+
+def check_kind(raw: dict[str, Any], kind: str) -> None:
+    """A recipe's top-level `kind` (default `grpo`) must be the one the command runs."""
+    found = raw.get("kind", "grpo")
+    if found != kind:
+        command = {"grpo": "r1lab train"}.get(str(found), f"r1lab {found}")
+        raise UserError(
+            f"this is a `kind: {found}` recipe: run it with `{command}` "
+            f"(this command runs `kind: {kind}` recipes)"
+        )
+
+
+def build_config(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    """Validate a raw mapping (plus `--set` overrides) into a `Config`."""
+    raw = dict(raw or {})
+    if "rewards" not in raw:  # before the overrides, so `--set rewards.0.weight=2` works
+        raw["rewards"] = [dataclasses.asdict(r) for r in _default_rewards()]
+    raw = apply_overrides(raw, overrides)  # overrides and presets must not touch the caller's
+    check_kind(raw, "grpo")
+    raw.pop("kind", None)
     _apply_preset(raw)
     config = from_dict(Config, raw)
     config.validate()
