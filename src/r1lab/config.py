@@ -76,10 +76,7 @@ class GenerationConfig:
         _at_least("generation.max_new_tokens", self.max_new_tokens, 1)
         _at_least("generation.max_prompt_tokens", self.max_prompt_tokens, 1)
         _at_least("generation.top_k", self.top_k, 0)
-        if self.temperature < 0:
-            raise UserError(f"generation.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        check_sampling("generation", self.temperature, self.top_p)
 
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -187,10 +184,7 @@ class EvalConfig:
         _at_least("eval.k", self.k, 1)
         if self.max_new_tokens is not None:
             _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
-        if self.temperature < 0:
-            raise UserError(f"eval.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        check_sampling("eval", self.temperature, self.top_p)
 
 
 @dataclass
@@ -235,6 +229,14 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_sampling(section: str, temperature: float, top_p: float) -> None:
+    """Temperature >= 0 (0 = greedy) and top_p in (0, 1], named by config section."""
+    if temperature < 0:
+        raise UserError(f"{section}.temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"{section}.top_p must be in (0, 1], got {top_p}")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from r1lab.errors import UserError, unknown_name
 from r1lab.templates import SHOT_STYLES
+from r1lab.tracking import read_jsonl
 
 RESULTS, SUMMARY, SETTINGS = "results.jsonl", "summary.json", "settings.json"
 SPLIT = "test"
@@ -105,18 +106,7 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 def read_results(path: Path) -> list[Row]:
     """Rows of results.jsonl; a torn last line (a crash mid-write) is dropped, not an error."""
-    rows: list[Row] = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise UserError(f"{path}:{number}: invalid JSON: {err.msg}") from err
-    return rows
+    return read_jsonl(path, partial_tail=True)
 
 
 def write_rows(path: Path, rows: Sequence[Row], mode: str = "a") -> None:

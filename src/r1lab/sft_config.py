@@ -35,6 +35,7 @@ from r1lab.config import (
     _choice,
     apply_overrides,
     check_kind,
+    check_sampling,
     check_task,
     from_dict,
     load_yaml,
@@ -111,10 +112,7 @@ class SFTEvalConfig:
         _at_least("eval.size", self.size, 0)
         _at_least("eval.generate", self.generate, 0)
         _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
-        if self.temperature < 0:
-            raise UserError(f"eval.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        check_sampling("eval", self.temperature, self.top_p)
 
 
 @dataclass

@@ -43,6 +43,13 @@ class RolloutEngine(Protocol):
         ...
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos_list = eos if isinstance(eos, list) else [eos]
+    return sorted({e for e in [*eos_list, tokenizer.eos_token_id] if e is not None})
+
+
 ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
 
 

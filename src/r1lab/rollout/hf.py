@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from r1lab.rollout.base import Generation, SamplingParams, register_engine
+from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
 from r1lab.templates import Prompt
 
 
@@ -53,9 +53,7 @@ class HFEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
-        eos = model.generation_config.eos_token_id if model.generation_config else None
-        eos_list = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {e for e in eos_list + [tokenizer.eos_token_id] if e is not None}
+        self.eos_ids = set(eos_token_ids(model, tokenizer))
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
