@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from r1lab.errors import UserError
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -90,3 +92,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, weights_only=False)
+
+
+def checkpoint_to_resume(run_dir: Path, resume: bool | str) -> Path | None:
+    """The checkpoint to continue from, shared by every trainer.
+
+    `resume=True` requires a checkpoint; `"auto"` resumes when one exists and starts fresh
+    otherwise; `False` refuses to write over an existing run.
+    """
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume is True and checkpoint is None:
+        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise UserError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
+            "name with --set name=..."
+        )
+    return checkpoint

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from r1lab.checkpoint import (
-    latest_checkpoint,
+    checkpoint_to_resume,
     load_state,
     rng_state,
     save_checkpoint,
@@ -145,14 +145,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     fresh otherwise (what `r1lab zero` does, so re-running the demo continues or no-ops).
     """
     run_dir = run_dir_of(config)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume is True and checkpoint is None:
-        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise UserError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
-            "name with --set name=..."
-        )
+    checkpoint = checkpoint_to_resume(run_dir, resume)
     set_seed(config.train.seed)
     task = make_task(config.task.name, config.task.options)
     train_examples = task.examples("train")

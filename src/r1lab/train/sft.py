@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from r1lab.checkpoint import (
-    latest_checkpoint,
+    checkpoint_to_resume,
     load_state,
     rng_state,
     save_checkpoint,
@@ -302,19 +302,6 @@ def prepare_data(config: SFTConfig, run_dir: Path, model: Any, tokenizer: Any, l
     if steps is None:  # epochs (default 1) over the rows that survived the length limit
         steps = math.ceil((config.train.epochs or 1.0) * len(train) / config.train.batch_size)
     return Data(train, held_out[: config.eval.size], steps)
-
-
-def checkpoint_to_resume(run_dir: Path, resume: bool | str) -> Path | None:
-    """The checkpoint to continue from, with GRPO's rules for `resume` (True, "auto", False)."""
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume is True and checkpoint is None:
-        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise UserError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
-            "name with --set name=..."
-        )
-    return checkpoint
 
 
 def sft(config: SFTConfig, resume: bool | str = False, progress: bool = True) -> Path:
