@@ -176,3 +176,13 @@ def test_compute_context_rejects_unknown_dtype():
 
     with pytest.raises(UserError, match="valid dtypes"):
         compute_context("float8")
+
+
+def test_load_model_silences_transformers_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    from r1lab.models import load_model
+
+    hf_logging.enable_progress_bar()
+    load_model("tiny:llama")
+    assert not hf_logging.is_progress_bar_enabled()

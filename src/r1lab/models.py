@@ -71,6 +71,17 @@ def compute_context(compute_dtype: str, device: Any = "cpu") -> Any:
     return torch.autocast(device_type, dtype=getattr(torch, compute_dtype), enabled=enabled)
 
 
+def quiet_progress_bars() -> None:
+    """Silence transformers' per-load and per-save progress bars (a second each, every time).
+
+    A run loads and saves models many times; those bars would bury r1lab's own progress line.
+    The one-time GGUF conversion keeps its bar, since it runs before this is called.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def cache_dir() -> Path:
     """Where converted models live: `$R1LAB_CACHE`, default `~/.cache/r1lab`."""
     return Path(os.environ.get("R1LAB_CACHE", Path.home() / ".cache" / "r1lab"))
@@ -229,7 +240,8 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, 
     from transformers import AutoModelForCausalLM
 
     torch_dtype = _torch_dtype(dtype)
-    tokenizer = load_tokenizer(spec)
+    tokenizer = load_tokenizer(spec)  # converts a built-in/GGUF model first, with its progress
+    quiet_progress_bars()
     if spec.startswith("tiny:"):
         model = tiny_model(spec.split(":", 1)[1], len(tokenizer)).to(torch_dtype)
     else:
