@@ -37,15 +37,6 @@ COMPLETIONS = [
 REWARDS_OF_GROUPS = [1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 1.0, 0.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops on a shared 2-core machine are ~100x slower with two contending threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_config(*overrides: str, raw: dict | None = None):
     base = [
         "model.spec=tiny:llama",

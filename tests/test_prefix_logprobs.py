@@ -27,15 +27,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops on a shared 2-core machine are ~100x slower with two contending threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(family: str = "llama", seed: int = 0):
     config_cls, model_cls = FAMILIES[family]
     torch.manual_seed(seed)

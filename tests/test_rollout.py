@@ -17,15 +17,6 @@ from r1lab.templates import Prompt
 QUESTIONS = ["What is 3 + 4?", "Hi", "Compute 12 * 7 - 5, then add 19 to it, and say why."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny ops on a shared 2-core machine are ~100x slower with two contending threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def peaked(tokenizer):
     """A tiny Llama with the real tokenizer and large weights: confident, varied argmaxes

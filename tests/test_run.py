@@ -53,16 +53,12 @@ def spread_if_even(inputs) -> list[float | None]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def single_thread_and_spread_reward():
-    """One torch thread (tiny ops on a shared 2-core machine are ~100x slower with two
-    contending threads) and the `spread` reward registered for the module's runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def spread_rewards():
+    """The `spread` rewards registered for the module's runs (threads: see conftest)."""
     REWARDS.update(spread=spread, spread_if_even=spread_if_even)
     yield
     REWARDS.pop("spread", None)
     REWARDS.pop("spread_if_even", None)
-    torch.set_num_threads(threads)
 
 
 def make_config(out_dir: Path, *overrides: str, name: str = "run"):

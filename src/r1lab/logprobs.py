@@ -81,9 +81,7 @@ def prefix_logprobs(
     backward: gradients flow through the shared cache into the prompt's single computation.
     `completion_ids`/`completion_mask` [B, Tc] are right-padded; padded targets get 0.
     """
-    decoder = model.get_decoder()
-    if decoder is model:
-        raise TypeError(f"{type(model).__name__} has no separate backbone (get_decoder())")
+    decoder = _backbone(model)
     width = prompt_ids.shape[1]
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
     cache = DynamicCache(config=model.config)
@@ -118,6 +116,14 @@ def prefix_logprobs(
         temperature,
         checkpoint_chunks,
     )
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The transformer body without the LM head; we apply the head ourselves, in chunks."""
+    decoder = model.get_decoder()
+    if decoder is model:
+        raise TypeError(f"{type(model).__name__} has no separate backbone (get_decoder())")
+    return decoder
 
 
 def hidden_logprobs(
@@ -175,9 +181,7 @@ def _completion_hidden_states(
     keep = seq_len - 1 if logits_to_keep is None else logits_to_keep
     if not 1 <= keep <= seq_len - 1:
         raise ValueError(f"logits_to_keep={logits_to_keep} must be in [1, {seq_len - 1}]")
-    decoder = model.get_decoder()
-    if decoder is model:
-        raise TypeError(f"{type(model).__name__} has no separate backbone (get_decoder())")
+    decoder = _backbone(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
     outputs = decoder(
         input_ids=input_ids,

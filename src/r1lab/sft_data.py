@@ -33,6 +33,7 @@ from r1lab.rewards import format_ok
 from r1lab.sft_config import SFTConfig, SourceConfig
 from r1lab.tasks import make_task, split_of
 from r1lab.tasks.base import Task
+from r1lab.tasks.datasets import read_jsonl
 from r1lab.templates import THINK_PREFILL, worked_completion
 from r1lab.types import Example
 
@@ -103,28 +104,14 @@ def task_rows(task: Task, fmt: str, special_token: str, limit: int | None = None
 
 
 # --------------------------------------------------------------------------- JSONL files
-def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; errors name `file:line`."""
+def _json_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(`file:line`, object) for each non-blank line, parsed by the tasks' JSONL reader."""
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err})") from err
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON: {err.msg}") from err
-        if not isinstance(value, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-        out.append((number, value))
-    if not out:
+    rows = read_jsonl(str(path))
+    if not rows:
         raise UserError(f"{path}: no rows")
-    return out
+    return rows
 
 
 def _text_field(obj: dict[str, Any], key: str, where: str) -> str:
@@ -170,8 +157,7 @@ def jsonl_rows(path: str | Path, limit: int | None = None) -> list[SFTRow]:
     """Rows of a conversations file; the id is the row's `id` or a hash of its text."""
     path = Path(path)
     rows = []
-    for number, obj in _json_lines(path)[:limit]:
-        where = f"{path}:{number}"
+    for where, obj in _json_lines(path)[:limit]:
         prompt, completion = conversation_pair(obj, where)
         row_id = str(obj["id"]) if "id" in obj else "jsonl-" + _digest(prompt, completion)
         rows.append(SFTRow(row_id, prompt, completion, f"jsonl:{path.name}"))
@@ -197,8 +183,7 @@ def samples_rows(path: str | Path, task: Task, limit: int | None = None) -> list
     by_id = {ex.id: ex for split in ("train", "test") for ex in task.examples(split)}
     rows: list[SFTRow] = []
     seen: set[tuple[str, str]] = set()
-    for number, sample in _json_lines(path):
-        where = f"{path}:{number}"
+    for where, sample in _json_lines(path):
         for key in ("id", "prompt", "completion"):
             if not isinstance(sample.get(key), str):
                 raise UserError(f"{where}: missing field {key!r} (not a samples.jsonl row?)")
