@@ -42,7 +42,8 @@ def preflight(config: Config, prompts: int = 2, samples: int = 4) -> PreflightRe
         report.warnings.append("the training split is empty")
         return report
     shots = pick_shots(task, examples, config.template.shots, config.template.shot_style)
-    chosen = examples[len(shots) : len(shots) + prompts] or examples[:prompts]
+    shown = {shot.id for shot in shots}
+    chosen = [ex for ex in examples if ex.id not in shown][:prompts] or examples[:prompts]
     model, tokenizer = load_model(config.model.spec, config.model.dtype)
     rendered = render_all(config, chosen, tokenizer, shots)
     if rendered[0].prefill.strip():
@@ -63,6 +64,7 @@ def preflight(config: Config, prompts: int = 2, samples: int = 4) -> PreflightRe
         model,
         tokenizer,
         max_prompt_tokens=config.generation.max_prompt_tokens,
+        compute_dtype=config.model.compute_dtype,
     )
     params = sampling_params(config)
     params = type(params)(**{**params.__dict__, "n": samples})
@@ -86,12 +88,12 @@ def preflight(config: Config, prompts: int = 2, samples: int = 4) -> PreflightRe
             )
             i += 1
     for term in reward_terms(config):
-        values = {v for v in terms[term.name]}
-        if len(values) == 1:
+        applied = [v for v in terms[term.name] if v is not None]  # None: not applicable
+        if len(set(applied)) == 1:
             report.warnings.append(
-                f"reward {term.name!r} is {values.pop()} for all {len(rewards)} samples: "
-                "no learning signal from it (consider tag_count shaping, a worked example "
-                "with template.shots, or a cold start)"
+                f"reward {term.name!r} is {applied[0]} for all {len(applied)} samples it "
+                "applies to: no learning signal from it (consider tag_count shaping, a worked "
+                "example with template.shots, or a cold start)"
             )
     if len(set(rewards)) == 1:
         report.warnings.append("the total reward is constant: GRPO advantages would all be 0")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from r1lab.models import compute_context
 from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
 from r1lab.templates import Prompt
 
@@ -47,12 +48,22 @@ def cut_completion(
 
 
 class HFEngine:
-    """`model.generate` with left-padded batches; `n` samples per prompt share one batch."""
+    """`model.generate` with left-padded batches; `n` samples per prompt share one batch.
 
-    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int = 512) -> None:
+    `compute_dtype` (e.g. "bfloat16") runs generation under autocast, as training does.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_prompt_tokens: int = 512,
+        compute_dtype: str | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
+        self.compute_dtype = compute_dtype or "float32"
         self.eos_ids = set(eos_token_ids(model, tokenizer))
 
     def sync_weights(self, model: Any) -> None:
@@ -77,9 +88,10 @@ class HFEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
-        )
+        with compute_context(self.compute_dtype, device):
+            out = self.model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
+            )
         self.model.train(was_training)
         new = out[:, input_ids.shape[1] :].tolist()
 

@@ -4,7 +4,9 @@
 batch until the longest one ends, and pads them. This engine:
   - prefills each distinct prompt once and shares its KV cache with its G samples;
   - drops finished rows from the decode batch (their cache rows are released);
-  - computes logits only for the last position (never [B, T, V]).
+  - computes logits only for the last position (never [B, T, V]);
+  - on Llama-family models, decodes through `rollout/lean.py`: fused projections and a
+    preallocated cache instead of ~50 ms of module overhead per step on a CPU.
 The sampling distribution is the same (temperature, top-k, top-p), so it is a drop-in
 replacement; `bench/rollout.py` measures it against `generate`.
 """
@@ -17,8 +19,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from r1lab.errors import UserError
+from r1lab.models import compute_context
 from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
 from r1lab.rollout.hf import encode_prompts, left_pad
+from r1lab.rollout.lean import SUPPORTED, KVBuffer, LeanDecoder, supports
 from r1lab.templates import Prompt
 
 
@@ -40,17 +45,89 @@ def sample_next(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)  # [A]
 
 
-class PrefixEngine:
-    """Shared-prefix KV cache decoding with early exit of finished rows."""
+class _HFDecode:
+    """Decode steps through the model's own forward and a `DynamicCache` (any architecture)."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int = 512) -> None:
+    def __init__(self, model: Any, cache: Any, mask: torch.Tensor) -> None:
+        self.model, self.cache, self.mask = model, cache, mask  # mask [A, Tp + t]
+
+    @staticmethod
+    def drop_now(rows: int, finished: int) -> bool:
+        """Compact once a quarter of the rows are done: each compaction copies the whole
+        cache, so dropping rows one at a time costs more than it saves."""
+        return finished >= max(1, rows // 4)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.reorder_cache(index)
+        self.mask = self.mask.index_select(0, index)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=positions[:, None],
+            cache=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1].float()  # [A, V]
+
+
+class _LeanDecode:
+    """Decode steps through `LeanDecoder` over a preallocated key/value buffer."""
+
+    def __init__(self, decoder: LeanDecoder, buffer: KVBuffer) -> None:
+        self.decoder, self.buffer = decoder, buffer
+
+    @staticmethod
+    def drop_now(rows: int, finished: int) -> bool:
+        """Always: leaving the batch copies no cache here."""
+        return True
+
+    def select(self, index: torch.Tensor) -> None:
+        self.buffer.select(index)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.decoder.step(tokens, positions, self.buffer)
+
+
+class PrefixEngine:
+    """Shared-prefix KV cache decoding with early exit of finished rows.
+
+    `compute_dtype` ("bfloat16" or "float32"; default: the model's dtype) is the dtype of the
+    matmuls during generation; `lean` (default: whenever the architecture is supported) runs
+    decode steps through `r1lab.rollout.lean` instead of the model's modules.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_prompt_tokens: int = 512,
+        compute_dtype: str | None = None,
+        lean: bool | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.compute_dtype = compute_dtype or str(next(model.parameters()).dtype).split(".")[-1]
+        if lean and not supports(model):
+            raise UserError(
+                f"the lean decode step does not support {type(model).__name__} "
+                f"(supported model types: {', '.join(SUPPORTED)}); leave `lean` unset"
+            )
+        self.decoder = (
+            LeanDecoder(model, getattr(torch, self.compute_dtype))
+            if lean in (None, True) and supports(model)
+            else None
+        )
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
+        if self.decoder is not None:
+            self.decoder.model = model
+            self.decoder.sync()
 
     def _stopped(self, tokens: list[int], stop: Sequence[str]) -> bool:
         if not stop:
@@ -68,56 +145,61 @@ class PrefixEngine:
         finally:
             model.train(was_training)
 
-    def _generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
-    ) -> list[list[Generation]]:
-        model, n = self.model, params.n
+    def _prefill(
+        self, prompt_ids: list[list[int]], n: int, max_new_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor, _HFDecode | _LeanDecode]:
+        """One forward per distinct prompt; (logits [A, V], next positions [A], decode state)."""
+        model = self.model
         device = next(model.parameters()).device
-        prompt_ids = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)  # [P, Tp]
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        rows = torch.arange(len(prompts), device=device).repeat_interleave(n)  # [P*n]
-        cache.reorder_cache(rows)
-        logits = out.logits[:, -1].float().index_select(0, rows)  # [A, V]
-        mask = mask.index_select(0, rows)  # [A, Tp + t]
-        position = mask.sum(-1)  # [A] position of the next token
-        alive = list(range(len(rows)))  # sample index of each row still decoding
-        tokens: list[list[int]] = [[] for _ in rows]
-        finished = [False] * len(rows)
-        eos = torch.tensor(self.eos_ids, device=device)
-        for step in range(params.max_new_tokens):
-            nxt = sample_next(logits, params)  # [A]
-            done = torch.isin(nxt, eos).tolist()
-            for row, (sample, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
-                tokens[sample].append(token)
-                if done[row] or self._stopped(tokens[sample], params.stop):
-                    finished[sample] = done[row] = True
-            keep = [row for row, d in enumerate(done) if not d]
-            if not keep or step == params.max_new_tokens - 1:
-                break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, device=device)
-                cache.reorder_cache(index)
-                nxt, mask, position = nxt[index], mask[index], position[index]
-                alive = [alive[row] for row in keep]
-            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        with compute_context(self.compute_dtype, device):
             out = model(
-                input_ids=nxt[:, None],
+                input_ids=ids,
                 attention_mask=mask,
-                position_ids=position[:, None],
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 cache=cache,
                 use_cache=True,
+                logits_to_keep=1,
             )
-            logits = out.logits[:, -1].float()
+        rows = torch.arange(len(prompt_ids), device=device).repeat_interleave(n)  # [A = P*n]
+        logits = out.logits[:, -1].float().index_select(0, rows)  # [A, V]
+        position = mask.sum(-1).index_select(0, rows)  # [A] position of the next token
+        if self.decoder is not None:
+            buffer = KVBuffer(cache, mask, n, max_new_tokens, self.decoder.compute_dtype)
+            return logits, position, _LeanDecode(self.decoder, buffer)
+        cache.reorder_cache(rows)
+        return logits, position, _HFDecode(model, cache, mask.index_select(0, rows))
+
+    def _generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams
+    ) -> list[list[Generation]]:
+        n = params.n
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
+        logits, position, state = self._prefill(prompt_ids, n, params.max_new_tokens)
+        alive = list(range(len(position)))  # sample index of each row still in the batch
+        tokens: list[list[int]] = [[] for _ in alive]
+        finished = [False] * len(alive)
+        eos = torch.tensor(self.eos_ids, device=logits.device)
+        for step in range(params.max_new_tokens):
+            nxt = sample_next(logits, params)  # [A]
+            hit_eos = torch.isin(nxt, eos).tolist()
+            for row, (sample, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
+                if finished[sample]:
+                    continue  # waiting for the next compaction; its token is discarded
+                tokens[sample].append(token)
+                if hit_eos[row] or self._stopped(tokens[sample], params.stop):
+                    finished[sample] = True
+            keep = [row for row, sample in enumerate(alive) if not finished[sample]]
+            if not keep or step == params.max_new_tokens - 1:
+                break
+            if len(keep) < len(alive) and state.drop_now(len(alive), len(alive) - len(keep)):
+                index = torch.tensor(keep, device=logits.device)
+                state.select(index)
+                nxt, position = nxt[index], position[index]
+                alive = [alive[row] for row in keep]
+            logits = state.step(nxt, position)
             position = position + 1
         text_of = self.tokenizer.decode
         result: list[list[Generation]] = [[] for _ in prompts]

@@ -1,0 +1,242 @@
+"""One GRPO step: r1lab against TRL's GRPOTrainer, same settings, same machine, one invocation.
+
+Both sides train the same model on the same prompts (built-in arithmetic, R1-Zero template with
+two worked shots) with the same math: G samples per prompt, group-normalised advantages, the
+clipped surrogate (epsilon 0.2) with token-mean aggregation (TRL's default `dapo` loss), a k3 KL
+to a frozen reference (beta 0.04), one optimizer step per generation batch (mu = 1), accuracy +
+format rewards (r1lab's reward functions, called from TRL through its reward-function API).
+Each side runs in its own subprocess so peak RSS is its own. The first step of each side is
+warm-up and is not counted.
+
+    pip install -e ".[bench]"                 # TRL, only for this script
+    python bench/grpo_step.py                 # 4 prompts x 8 samples, 128 new tokens, fp32 + bf16
+    python bench/grpo_step.py --smoke         # tiny model, a few tokens: seconds (CI)
+
+Prints seconds per step, generation tokens/s and peak RSS for each side, the ratios, and writes
+bench/results/grpo_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULTS = {"model": "builtin:smollm2-135m-instruct", "prompts": 4, "group": 8,
+            "max_new_tokens": 128, "steps": 3, "beta": 0.04, "lr": 1e-6}
+SMOKE = {"model": "tiny:llama", "prompts": 2, "group": 4, "max_new_tokens": 8, "steps": 2}
+TASK = {"name": "arith", "options": {"digits": 2, "operands": 2, "ops": "+-"}}
+REWARDS = [{"name": "accuracy", "weight": 1.0}, {"name": "format", "weight": 0.25}]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def prompts_and_examples(settings: dict[str, Any], tokenizer: Any) -> tuple[list, list]:
+    """The rendered prompt texts and their Examples, identical for both sides."""
+    from r1lab.tasks import make_task
+    from r1lab.templates import pick_shots, render
+
+    task = make_task(TASK["name"], TASK["options"])
+    count = settings["prompts"] * settings["steps"]
+    train = task.examples("train", limit=count + 2)
+    shots = pick_shots(task, train, 2, "brief")
+    examples = train[2 : 2 + count]
+    return [render("r1_zero", ex.prompt, tokenizer, shots).text for ex in examples], examples
+
+
+# --------------------------------------------------------------------------- r1lab side
+def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
+    from r1lab.config import build_config
+    from r1lab.tracking import read_jsonl
+    from r1lab.train.run import train
+
+    raw = {
+        "name": "bench_r1lab",
+        "model": {"spec": settings["model"], "dtype": "float32", "compute_dtype": dtype},
+        "task": TASK,
+        "template": {"name": "r1_zero", "shots": 2, "shot_style": "brief"},
+        "rewards": REWARDS,
+        "generation": {"max_new_tokens": settings["max_new_tokens"], "temperature": 1.0},
+        "grpo": {"preset": "grpo", "batch_size": settings["prompts"] * settings["group"],
+                 "group_size": settings["group"], "micro_batch_size": 16,
+                 "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
+                 "clip_high": 0.2},
+        "optim": {"lr": settings["lr"], "warmup_steps": 0},
+        "eval": {"every": 0, "size": 0},
+        "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
+    }
+    run_dir = train(build_config(raw), progress=False)
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "step_seconds" in r][1:]
+    parts = ("generate", "logprobs", "policy", "optimizer", "sync")
+    return {
+        "step_seconds": [r["step_seconds"] for r in rows],
+        "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows],
+        "breakdown": {p: sum(r[f"time/{p}"] for r in rows) / len(rows) for p in parts},
+    }
+
+
+# --------------------------------------------------------------------------- TRL side
+class _Timer:
+    """Wraps GRPOTrainer._generate to time generation and count the tokens it produced."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.seconds: list[float] = []
+        self.tokens: list[int] = []
+        inner = trainer._generate
+
+        def timed(prompts: list) -> Any:
+            began = time.perf_counter()
+            result = inner(prompts)
+            self.seconds.append(time.perf_counter() - began)
+            self.tokens.append(sum(len(ids) for ids in result[1]))
+            return result
+
+        trainer._generate = timed
+
+
+def run_trl(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lab.models import load_model, resolve_dir
+    from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
+    from r1lab.tasks import make_task
+
+    model, tokenizer = load_model(settings["model"], "float32")
+    if settings["model"].startswith("tiny:"):  # TRL loads the reference itself: give it a path
+        path = str(out / "tiny_model")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    else:
+        path = resolve_dir(settings["model"])
+    del model
+    prompts, examples = prompts_and_examples(settings, tokenizer)
+    by_id = {ex.id: ex for ex in examples}
+    task = make_task(TASK["name"], TASK["options"])
+    terms = [RewardTerm(r["name"], r["weight"]) for r in REWARDS]
+
+    def reward(completions: list[str], example_id: list[str], **_: Any) -> list[float]:
+        inputs = RewardInputs(list(completions), [by_id[i] for i in example_id], task=task)
+        return compute_rewards(terms, inputs)[0]
+
+    step_times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            step_times.append(time.perf_counter() - self.began)
+
+    per_step = settings["prompts"] * settings["group"]
+    micro = min(8, per_step)
+    config = GRPOConfig(
+        output_dir=str(out / "trl"), use_cpu=True, bf16=dtype == "bfloat16", report_to=[],
+        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
+        num_generations=settings["group"], max_completion_length=settings["max_new_tokens"],
+        temperature=1.0, beta=settings["beta"], learning_rate=settings["lr"],
+        max_steps=settings["steps"], save_strategy="no", logging_strategy="no", seed=0,
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    dataset = Dataset.from_dict({"prompt": prompts, "example_id": [ex.id for ex in examples]})
+    trainer = GRPOTrainer(model=path, reward_funcs=reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepTimer()])
+    timer = _Timer(trainer)
+    trainer.train()
+    return {
+        "step_seconds": step_times[1:],
+        "gen_tokens_per_s": [t / s for t, s in zip(timer.tokens[1:], timer.seconds[1:],
+                                                   strict=True)],
+        "breakdown": {"generate": sum(timer.seconds[1:]) / max(1, len(timer.seconds) - 1)},
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = run_trl if side == "trl" else run_r1lab
+        result = runner(settings, dtype, Path(tmp))
+    steps = result["step_seconds"]
+    result.update(side=side, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
+                  tokens_per_s=sum(result["gen_tokens_per_s"]) / len(result["gen_tokens_per_s"]),
+                  peak_rss_mb=peak_rss_mb())
+    result_path.write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--steps", type=int, help="steps per side (the first is warm-up)")
+    parser.add_argument("--sides", default="trl,r1lab")
+    parser.add_argument("--out", default="bench/results/grpo_step.json")
+    parser.add_argument("--child", nargs=3, metavar=("SIDE", "DTYPE", "RESULT"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        side, dtype, result = args.child
+        child(side, json.loads(args.settings), dtype, Path(result))
+        return
+    settings = {**DEFAULTS, **(SMOKE if args.smoke else {})}
+    if args.steps:
+        settings["steps"] = args.steps
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in args.dtypes.split(","):
+            for side in args.sides.split(","):
+                path = Path(tmp) / f"{side}_{dtype}.json"
+                cmd = [sys.executable, __file__, "--child", side, dtype, str(path),
+                       "--settings", json.dumps(settings)]
+                subprocess.run(cmd, check=True)
+                results.append(json.loads(path.read_text()))
+    report = {"settings": settings, "machine": machine(), "results": results,
+              "ratios": ratios(results)}
+    for r in results:
+        print(f"{r['side']:>6} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
+              f"{r['tokens_per_s']:7.1f} gen tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB")
+    for dtype, ratio in report["ratios"].items():
+        print(f"r1lab / TRL ({dtype}): time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
+              f"generation speed {ratio['gen_speed']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """r1lab over TRL at each dtype where both ran (time and RSS: lower is better)."""
+    by = {(r["side"], r["dtype"]): r for r in results}
+    out = {}
+    for (side, dtype), ours in by.items():
+        theirs = by.get(("trl", dtype))
+        if side == "r1lab" and theirs:
+            out[dtype] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
+                          "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+                          "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+if __name__ == "__main__":
+    main()
