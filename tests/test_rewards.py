@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import r1lab.formats as formats
 import r1lab.language as language
 import r1lab.rewards as rewards
 from r1lab.errors import UserError
@@ -55,6 +56,7 @@ def one(name: str, completion: str, **kw) -> float | None:
 def test_docstring_examples_hold():
     assert doctest.testmod(rewards).failed == 0
     assert doctest.testmod(language).failed == 0
+    assert doctest.testmod(formats).failed == 0
 
 
 # ---------------------------------------------------------------- format
@@ -219,6 +221,110 @@ def test_overlong_needs_lengths_and_a_valid_buffer():
         REWARDS["overlong"](inputs_for(["x"], lengths=[3], max_length=10), buffer=0)
 
 
+# ---------------------------------------------------------------- the readable R1 format
+
+R1 = {"style": "r1"}
+R1_TEXT = (
+    "|special_token|\n3 + 4 = 7.\nCheck: 7 - 4 = 3\n|special_token|\nThe answer is \\boxed{7}."
+)
+
+
+def test_r1_format_accepts_the_cold_start_rendering():
+    from r1lab.sft_data import render_completion
+
+    example = Example("q", "What is 3 + 4?", "7", solution="3 + 4 = 7.")
+    for token in ("|special_token|", "<|sep|>"):
+        text = render_completion(example, "r1", token)
+        assert one("format", text, params={"style": "r1", "special_token": token}) == 1.0
+        assert one("tag_count", text, params={"style": "r1", "special_token": token}) == 1.0
+    assert one("format", R1_TEXT, params=R1) == 1.0
+    assert one("format", "  " + R1_TEXT + "\n", params=R1) == 1.0
+    assert one("format", "|special_token||special_token|4", params=R1) == 1.0  # empty thought
+    assert one("format", R1_TEXT) == 0.0  # the default style is still the tag format
+    assert one("format", PERFECT, params=R1) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "3 + 4 = 7 |special_token| The answer is 7.",  # no opening delimiter
+        "|special_token| 3 + 4 = 7, the answer is 7.",  # the reasoning never closes
+        "Sure. |special_token| 3 + 4 = 7 |special_token| 7",  # text before the reasoning
+        "|special_token| a |special_token| b |special_token| 7",  # a third delimiter
+        "|special_token| 3 + 4 = 7 |special_token|  \n",  # empty summary
+        "<|sep|> 3 + 4 = 7 <|sep|> 7",  # another delimiter than the configured one
+    ],
+)
+def test_r1_format_rejects(text):
+    assert one("format", text, params=R1) == 0.0
+    assert not format_ok(text, style="r1")
+
+
+def test_r1_tag_count_gives_half_credit_per_delimiter():
+    cases = {
+        "no delimiter at all": 0.0,
+        "|special_token| thinking...": 0.5,
+        "|special_token| 3 + 4 = 7 |special_token| ": 0.5,  # closed, but no summary yet
+        "thinking |special_token| 7": 0.0,  # the delimiter does not open the response
+        R1_TEXT: 1.0,
+        "|special_token| a |special_token| b |special_token| c": 0.0,
+    }
+    assert {text: one("tag_count", text, params=R1) for text in cases} == cases
+
+
+def test_r1_summary_answer_grades_with_the_task_extraction():
+    from r1lab.tasks import make_task
+
+    task = make_task("arith", {"digits": 1, "train_size": 5, "test_size": 0})
+    example = Example("q", "What is 3 + 4?", "7")
+    texts = [R1_TEXT, R1_TEXT.replace("{7}", "{8}"), R1_TEXT.replace("\\boxed{7}", "7")]
+    batch = RewardInputs(texts, [example] * 3, task=task)
+    # A summary that states the answer without \boxed{} commits to none: no free-text mining.
+    assert REWARDS["accuracy"](batch) == [1.0, 0.0, 0.0]
+
+
+def test_r1_language_consistency_reads_the_reasoning_between_the_delimiters():
+    texts = [
+        "|special_token| we add them 我们 |special_token| 答案是 7",  # summary not counted
+        "|special_token| 3 + 4 = 7 |special_token| The answer is seven.",  # no words in thought
+    ]
+    fn = REWARDS["language_consistency"]
+    assert fn(inputs_for(texts), style="r1") == [pytest.approx(3 / 5), None]
+    assert fn(inputs_for(texts))[1] == pytest.approx(1.0)  # the tag style sees it all as thought
+
+
+def test_summary_text_per_style():
+    from r1lab.formats import summary_text
+
+    assert summary_text("<think>a</think>\n\nIt is 7.") == "It is 7."
+    assert summary_text("<think>a</think><answer>7</answer>") == "7"
+    assert summary_text("a</think> 7") == "7"  # the prefill opened the thought
+    assert summary_text("<think>a</think> x </think> 7") == "7"  # after the last close
+    assert summary_text("no thought closed") == ""
+    assert summary_text(R1_TEXT, style="r1") == "The answer is \\boxed{7}."
+    assert summary_text("|special_token| unfinished", style="r1") == ""
+
+
+def test_style_params_are_checked_at_config_time():
+    check_terms([RewardTerm("format", params={"style": "r1", "special_token": "<sep>"})])
+    with pytest.raises(UserError, match="reward 'format': unknown format style 'xml'"):
+        check_terms([RewardTerm("format", params={"style": "xml"})])
+    with pytest.raises(UserError, match="reward 'tag_count': special_token must be a non-empty"):
+        check_terms([RewardTerm("tag_count", params={"style": "r1", "special_token": " "})])
+    with pytest.raises(UserError, match="unknown format style"):
+        one("language_consistency", "x", params={"style": "xml"})
+
+
+# ---------------------------------------------------------------- general prompts
+
+
+def test_accuracy_does_not_apply_to_general_prompts():
+    general = Example(id="g", prompt="Write a haiku about rain.", answer="")
+    assert not general.checkable and EX.checkable
+    batch = RewardInputs(["<answer>2</answer>"] * 2, [EX, general], task=ExactTask())
+    assert REWARDS["accuracy"](batch) == [1.0, None]
+
+
 # ---------------------------------------------------------------- compute_rewards
 
 
@@ -332,6 +438,20 @@ def test_check_terms_rejects_unknown_params_listing_valid_ones():
         check_terms([RewardTerm("format"), RewardTerm("format", 0.5)])
     with pytest.raises(UserError, match="weight"):
         check_terms([RewardTerm("format", math.nan)])
+
+
+def test_one_reward_serves_two_terms_under_their_own_names():
+    terms = [
+        RewardTerm("strict", 1.0, {}, reward="format"),
+        RewardTerm("lenient", 0.5, {"allow_trailing": True}, reward="format"),
+    ]
+    check_terms(terms)
+    total, per_term = compute_rewards(terms, inputs_for([PERFECT + " bye"]))
+    assert per_term == {"strict": [0.0], "lenient": [1.0]} and total == [0.5]
+    with pytest.raises(UserError, match=r"listed twice.*\{name: other_name, reward: format\}"):
+        check_terms([RewardTerm("format"), RewardTerm("format", reward="format")])
+    with pytest.raises(UserError, match="'buffr' for reward 'late'"):
+        check_terms([RewardTerm("late", params={"buffr": 1}, reward="overlong")])
 
 
 def test_registry_refuses_a_second_function_under_the_same_name():

@@ -114,6 +114,43 @@ def cmd_sft(args: argparse.Namespace) -> None:
     console.print(table)
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Rejection sampling (R1's stage 3) from a `kind: sample` recipe."""
+    from r1lab.sampling_config import load_sample_config
+
+    config = load_sample_config(args.config, args.set or [])  # config mistakes before torch loads
+    from r1lab.sampling import sample
+
+    out = sample(config, resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {out / 'data.jsonl'}")
+    console.print(_sample_table(out / "report.json"))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Distillation: the teacher's rejection-sampled rows fine-tune the student by SFT."""
+    from r1lab.distill import REPORT, TEACHER_DIR, distill, load_distill_config
+
+    config = load_distill_config(args.config, args.set or [])  # the trainer is imported later
+    out = distill(config, resume=args.resume, progress=not args.quiet)
+    console.print(_sample_table(out / TEACHER_DIR / REPORT))
+    console.print(f"[green]done[/green]: student model {out / 'student' / 'final'}")
+
+
+def _sample_table(report_path: Path) -> Table:
+    """A sampling report.json as a table: drawn, correct, each filter's drops, kept, mixed."""
+    import json
+
+    report = json.loads(report_path.read_text())
+    table = Table("samples", "count")
+    for key in ("prompts", "samples", "correct", "judged"):
+        table.add_row(key, str(report[key]))
+    for reason, count in report["dropped"].items():
+        table.add_row(f"dropped: {reason}", str(count))
+    for key in ("kept", "mixed", "rows"):
+        table.add_row(key, str(report[key]))
+    return table
+
+
 def cmd_zero(args: argparse.Namespace) -> None:
     """R1-Zero on the built-in model: resumes or no-ops when the run already exists."""
     from r1lab.config import load_config
@@ -142,6 +179,28 @@ def _print_run_summary(run_dir: Path) -> None:
             f"{row['eval/length']:.1f}",
         )
     console.print(table)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    """The R1 stages chained from a `kind: pipeline` YAML, then every model evaluated."""
+    from r1lab.pipeline_config import load_pipeline
+
+    pipeline = load_pipeline(args.config, args.set or [])  # every recipe checked before torch
+    from r1lab.pipeline import run_pipeline
+    from r1lab.pipeline_report import score_table
+
+    done = run_pipeline(
+        pipeline,
+        progress=not args.quiet,
+        only=args.only,
+        rerun_from=args.rerun_from,
+        log=lambda message: console.print(message, markup=False),
+    )
+    if done.report is None:
+        console.print(f"[green]done[/green]: {pipeline.stage(args.only).out}")
+        return
+    console.print(score_table(pipeline, done.scores))
+    console.print(f"wrote {done.report}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -241,9 +300,30 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p = add("sample", cmd_sample, "rejection sampling: keep correct, readable samples as SFT rows")
+    with_config(p)
+    p.add_argument("--resume", action="store_true", help="continue; finished prompts are kept")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p = add("distill", cmd_distill, "sample a teacher, then fine-tune a student on its rows")
+    with_config(p)
+    p.add_argument("--resume", action="store_true", help="continue where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
     p = add("zero", cmd_zero, f"R1-Zero: GRPO on the built-in model ({ZERO_RECIPE})")
     with_config(p, required=False)
     p.add_argument("--quiet", action="store_true")
+    p = add("pipeline", cmd_pipeline, "run the R1 stages of a `kind: pipeline` YAML, then evaluate")
+    p.add_argument("config", help="pipeline YAML, e.g. recipes/r1_mini.yaml")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a stage's recipe (cold_start.train.steps=5) or a pipeline key (eval.k=2)",
+    )
+    p.add_argument("--only", metavar="STAGE", help="run one stage (its inputs must be up to date)")
+    p.add_argument(
+        "--from", dest="rerun_from", metavar="STAGE", help="re-run STAGE and all later stages"
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
     p = add("plot", cmd_plot, "write PNG figures of a run (reward, accuracy, length, reflection)")
     p.add_argument("run", help="run directory, e.g. runs/r1_zero_arith")
     p = add("eval", cmd_eval, "pass@1 over k samples, cons@k, pass@k on a task's test split")
@@ -282,7 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Console(stderr=True).print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]; resume with --resume")
+        Console(stderr=True).print(
+            "[yellow]interrupted[/yellow]; resume with --resume (a pipeline: run it again)"
+        )
         return 130
     return 0
 

@@ -15,12 +15,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from r1lab.errors import UserError
 from r1lab.models import DEFAULT_MODEL, DTYPES
+
+if TYPE_CHECKING:  # rewards are imported lazily (see check_references)
+    from r1lab.rewards import RewardTerm
 
 
 @dataclass
@@ -53,9 +56,18 @@ class TemplateConfig:
 
 @dataclass
 class RewardConfig:
+    """One reward term. `name` keys its logs; `reward` names the registered function when it
+    differs, so one function serves two terms (`{name: helpfulness, reward: reward_model}`)."""
+
     name: str
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    reward: str | None = None
+
+    def term(self) -> RewardTerm:
+        from r1lab.rewards import RewardTerm
+
+        return RewardTerm(self.name, self.weight, dict(self.params), self.reward)
 
 
 def _default_rewards() -> list[RewardConfig]:
@@ -399,11 +411,11 @@ def check_references(config: Config) -> None:
     before a model is loaded, instead of a crash minutes into a run. The registries are
     imported lazily: they pull in the task modules, which a plain config load does not need.
     """
-    from r1lab.rewards import RewardTerm, check_terms
+    from r1lab.rewards import check_terms
     from r1lab.templates import check_template
 
     check_template(config.template.name)
-    check_terms(RewardTerm(r.name, r.weight, dict(r.params)) for r in config.rewards)
+    check_terms(r.term() for r in config.rewards)
     check_task(config.task.name, config.task.options)
 
 
@@ -431,6 +443,9 @@ def check_task(spec: str, options: dict[str, Any]) -> None:
         signature.bind(**kwargs)
     except TypeError as err:
         raise UserError(f"task {spec!r}: {err}; valid options: {', '.join(valid)}") from err
+    check_options = getattr(TASKS[name], "check_options", None)
+    if check_options is not None:  # a task whose options name other tasks (`mix`)
+        check_options(**kwargs)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

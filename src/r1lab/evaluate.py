@@ -276,24 +276,30 @@ def evaluate_settings(
     check_template(settings.template)
     if settings.engine not in ENGINES:
         raise unknown_name("rollout engine", settings.engine, ENGINES)
-    problems = task.examples(SPLIT, limit=limit)
+    listed = task.examples(SPLIT, limit=limit)
+    problems = [p for p in listed if p.checkable]
+    notes = list(notes)
+    if len(problems) < len(listed):
+        notes.append(
+            f"skipped {len(listed) - len(problems)} general prompts (no rule-checkable answer): "
+            "pass@1 is over the other problems"
+        )
     if not problems:
-        raise UserError(f"task {settings.task!r} has no {SPLIT} problems to evaluate")
+        raise UserError(f"task {settings.task!r} has no checkable {SPLIT} problems to evaluate")
     if len({p.id for p in problems}) != len(problems):
         raise UserError(f"task {settings.task!r} has duplicate problem ids in its {SPLIT} split")
     check_settings(out, settings)
     finished = load_finished(out, settings.k)
     todo = [p for p in problems if p.id not in finished]
-    notes = list(notes)
     if len(todo) < len(problems):
         notes.append(f"resumed: {len(problems) - len(todo)} problems reused from {RESULTS}")
     if todo:
-        train = task.examples("train", limit=settings.shots)
+        train = [ex for ex in task.examples("train") if ex.checkable][: settings.shots]
         if len(train) < settings.shots:
             notes.append(f"only {len(train)} train examples available for {settings.shots} shots")
         shot_examples = pick_shots(task, train, settings.shots, settings.shot_style)
         runtime = {"batch_size": batch_size, "dtype": dtype, "device": device}
-        _sample_problems(settings, task, todo, shot_examples, out / RESULTS, progress, **runtime)
+        sample_problems(settings, task, todo, shot_examples, out / RESULTS, progress, **runtime)
         finished = load_finished(out, settings.k)
     summary = build_summary(settings, [finished[p.id] for p in problems], notes, limit, out)
     tmp = out / f".{SUMMARY}.tmp"
@@ -302,7 +308,7 @@ def evaluate_settings(
     return summary
 
 
-def _sample_problems(
+def sample_problems(
     settings: EvalSettings,
     task: Task,
     todo: Sequence[Example],
@@ -312,8 +318,13 @@ def _sample_problems(
     batch_size: int,
     dtype: str,
     device: str,
+    label: str = "eval",
 ) -> None:
-    """Draw and grade k samples per problem, each problem under its own seed; append rows."""
+    """Draw and grade k samples per problem, each problem under its own seed; append rows.
+
+    Shared by evaluation and rejection sampling (`r1lab.sampling`, `label="sample"`), so a
+    sample means the same in both: same seed per (seed, problem id), same grader, same rows.
+    """
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -327,10 +338,10 @@ def _sample_problems(
         stop=settings.stop,
     )
     devices = [target.index or 0] if target.type == "cuda" else []
-    columns = ("eval", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     bar = Progress(*columns, console=Console(stderr=True), disable=not progress)
     with bar:
-        job = bar.add_task("eval", total=len(todo))
+        job = bar.add_task(label, total=len(todo))
         for start in range(0, len(todo), batch_size):
             rows: list[Row] = []
             for example in todo[start : start + batch_size]:

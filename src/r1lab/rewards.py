@@ -1,14 +1,17 @@
-"""Rule-checked rewards: a registry of pure batch functions, one per idea of the paper.
+"""Rewards: a registry of pure batch functions, one per idea of the paper.
 
-DeepSeek-R1 rewards are rules, never neural nets (a neural reward model invites reward
-hacking). Each reward here is a plain function `fn(inputs: RewardInputs, **params)` that
-returns one value per completion, or `None` where the reward does not apply to a sample
+DeepSeek-R1's reasoning rewards are rules, never neural nets (a neural reward model invites
+reward hacking). Each reward here is a plain function `fn(inputs: RewardInputs, **params)`
+that returns one value per completion, or `None` where the reward does not apply to a sample
 (it then adds nothing to that sample's total, and logs show it as "not applicable" rather
-than as a zero). A run names its rewards as `RewardTerm`s (name, weight, params);
-`check_terms` validates them when the config is loaded and `compute_rewards` sums them.
+than as a zero). A run names its rewards as `RewardTerm`s (name, weight, params, and the
+registered `reward` it runs when that differs from its name, so one reward can serve two
+terms); `check_terms` validates them when the config is loaded and `compute_rewards` sums them.
 
+Only R1's last stage scores general prompts (no rule-checkable answer) with a reward model:
+`reward_model` lives in `r1lab.reward_model`, imported on first use (`LAZY_REWARDS`), so
+this module imports no transformers or torch: rule rewards are text in, floats out.
 User rewards plug in by import path, `package.module:function`, with the same signature.
-This module imports no transformers or torch: rewards are text in, floats out.
 """
 
 from __future__ import annotations
@@ -23,14 +26,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from r1lab.errors import UserError, unknown_name
+from r1lab.formats import SPECIAL_TOKEN, check_style, format_ok, tag_score, think_text
 from r1lab.language import LANGUAGE_SCRIPTS, language_share
 from r1lab.types import Example
 
 if TYPE_CHECKING:  # the task package pulls in its task modules; a type hint needs none of it
     from r1lab.tasks.base import Task
-
-THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
-TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
 @dataclass
@@ -66,15 +67,27 @@ class RewardInputs:
 
 RewardFn = Callable[..., list[float | None]]
 REWARDS: dict[str, RewardFn] = {}
+PARAM_CHECKS: dict[str, Callable[..., None]] = {}
+"""Per reward name, a function of the term's params that raises UserError on a bad value."""
+LAZY_REWARDS = {"reward_model": "r1lab.reward_model"}
+"""Rewards whose module loads models: imported (and so registered) when first named."""
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator adding a reward function to `REWARDS` under `name` (names are unique)."""
+def register_reward(
+    name: str, check: Callable[..., None] | None = None
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator adding a reward function to `REWARDS` under `name` (names are unique).
+
+    `check(**params)` validates param *values* at config load time (a misspelt `style`
+    fails before any model loads); the signature check of `check_terms` covers the keys.
+    """
 
     def wrap(fn: RewardFn) -> RewardFn:
         if name in REWARDS and REWARDS[name] is not fn:
             raise ValueError(f"reward {name!r} is already registered")
         REWARDS[name] = fn
+        if check is not None:
+            PARAM_CHECKS[name] = check
         return fn
 
     return wrap
@@ -86,10 +99,12 @@ def resolve_reward(name: str) -> RewardFn:
     Unknown names and bad import paths are `UserError`s saying what would be valid, so a typo
     in a config fails at load time instead of after the model has loaded.
     """
+    if name not in REWARDS and name in LAZY_REWARDS:
+        importlib.import_module(LAZY_REWARDS[name])
     if name in REWARDS:
         return REWARDS[name]
     if ":" not in name:
-        err = unknown_name("reward", name, REWARDS)
+        err = unknown_name("reward", name, {*REWARDS, *LAZY_REWARDS})
         raise UserError(f"{err} (or an import path 'package.module:function')")
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
@@ -111,11 +126,21 @@ def resolve_reward(name: str) -> RewardFn:
 
 @dataclass(frozen=True)
 class RewardTerm:
-    """One weighted reward of a run: `weight * fn(inputs, **params)` is added to the total."""
+    """One weighted reward of a run: `weight * fn(inputs, **params)` is added to the total.
+
+    `name` keys the term's logs (`reward/<name>`) and must be unique in a run; `reward` names
+    the function when it differs, e.g. `RewardTerm("helpfulness", reward="reward_model")`.
+    """
 
     name: str
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    reward: str | None = None
+
+    @property
+    def reward_name(self) -> str:
+        """The registry name or import path of the function this term runs."""
+        return self.reward or self.name
 
 
 def check_terms(terms: Iterable[RewardTerm]) -> None:
@@ -126,11 +151,20 @@ def check_terms(terms: Iterable[RewardTerm]) -> None:
     seen: set[str] = set()
     for term in terms:
         if term.name in seen:
-            raise UserError(f"reward {term.name!r} is listed twice; list each reward once")
+            raise UserError(
+                f"reward {term.name!r} is listed twice; list each reward once, or give each "
+                f"use its own name: {{name: other_name, reward: {term.reward_name}}}"
+            )
         seen.add(term.name)
         if not isinstance(term.weight, (int, float)) or not math.isfinite(term.weight):
             raise UserError(f"reward {term.name!r}: weight must be a finite number")
-        _check_params(term.name, resolve_reward(term.name), term.params)
+        _check_params(term.name, resolve_reward(term.reward_name), term.params)
+        check = PARAM_CHECKS.get(term.reward_name)
+        if check is not None:
+            try:
+                check(**term.params)
+            except UserError as exc:
+                raise UserError(f"reward {term.name!r}: {exc}") from exc
 
 
 def _check_params(name: str, fn: RewardFn, params: dict[str, Any]) -> None:
@@ -172,7 +206,7 @@ def compute_rewards(
     total = [0.0] * len(inputs.completions)
     per_term: dict[str, list[float | None]] = {}
     for term in terms:
-        values = _call_reward(term, resolve_reward(term.name), inputs)
+        values = _call_reward(term, resolve_reward(term.reward_name), inputs)
         per_term[term.name] = values
         for i, value in enumerate(values):
             if value is not None:
@@ -237,56 +271,39 @@ def _locate_failure(
 
 @register_reward("accuracy")
 def accuracy_reward(inputs: RewardInputs) -> list[float | None]:
-    """1.0 where the task's grader accepts the response, else 0.0.
+    """1.0 where the task's grader accepts the response, else 0.0; None for general prompts.
 
     The task's `score` is the same definition of "correct" that evaluation uses, so reward
     and pass@1 cannot disagree. The prefill is included because the answer could begin in it.
-    Example: with a task whose gold for `ex` is "2", completions ["<answer>2</answer>",
-    "<answer>3</answer>"] -> [1.0, 0.0].
+    A general prompt (no rule-checkable answer, see `Example.checkable`) is not applicable:
+    a reward model scores it instead. Example: with a task whose gold for `ex` is "2",
+    completions ["<answer>2</answer>", "<answer>3</answer>"] -> [1.0, 0.0].
     """
     task = inputs.task
     if task is None:
         raise UserError("reward 'accuracy' needs a task to grade answers, and none was given")
     return [
-        1.0 if task.score(text, example) else 0.0
+        (1.0 if task.score(text, example) else 0.0) if example.checkable else None
         for text, example in zip(inputs.texts(), inputs.examples, strict=True)
     ]
 
 
-def format_ok(text: str, allow_trailing: bool = False) -> bool:
-    """The strict R1 format: `<think>...</think> <answer>...</answer>` and nothing else.
-
-    Leading whitespace and whitespace between the blocks are fine; each tag must appear
-    exactly once (so nested or repeated blocks fail); the answer must not be empty (an empty
-    think block is allowed: the format says where reasoning goes, not how much); anything
-    but whitespace after `</answer>` fails unless `allow_trailing`.
-
-    >>> format_ok("<think>1+1 is 2</think>\\n<answer>2</answer>\\n")
-    True
-    >>> format_ok("<think>hm</think><answer>2</answer> and more")
-    False
-    >>> format_ok("<think>x</think><answer> </answer>")
-    False
-    """
-    if any(text.count(tag) != 1 for tag in TAGS):
-        return False
-    body = text.lstrip()
-    if not body.startswith(THINK_OPEN):
-        return False
-    think_end, answer_start, answer_end = (body.index(t) for t in TAGS[1:])
-    if not think_end < answer_start < answer_end:
-        return False
-    if body[think_end + len(THINK_CLOSE) : answer_start].strip():
-        return False
-    if not body[answer_start + len(ANSWER_OPEN) : answer_end].strip():
-        return False
-    return allow_trailing or not body[answer_end + len(ANSWER_CLOSE) :].strip()
+def _check_style_params(style: str = "think", special_token: str = SPECIAL_TOKEN, **_: Any) -> None:
+    """The config-time check of the format-aware rewards' `style` and `special_token`."""
+    check_style(style, special_token)
 
 
-@register_reward("format")
-def format_reward(inputs: RewardInputs, allow_trailing: bool = False) -> list[float | None]:
-    """1.0 where `prefill + completion` passes `format_ok`, else 0.0.
+@register_reward("format", check=_check_style_params)
+def format_reward(
+    inputs: RewardInputs,
+    allow_trailing: bool = False,
+    style: str = "think",
+    special_token: str = SPECIAL_TOKEN,
+) -> list[float | None]:
+    """1.0 where `prefill + completion` passes `format_ok` for `style`, else 0.0.
 
+    `style: r1` checks R1's readable format `special_token reasoning special_token summary`
+    (what an `r1` cold start teaches) instead of the `<think>`/`<answer>` tags.
     Judging the prefilled text matters: a chat template that already opened `<think>` makes
     the completion start mid-thought, and a check on the completion alone would always be 0.
 
@@ -296,46 +313,19 @@ def format_reward(inputs: RewardInputs, allow_trailing: bool = False) -> list[fl
     >>> format_reward(RewardInputs(["so 2</think><answer>2</answer>"], [ex]))
     [0.0]
     """
-    return [1.0 if format_ok(t, allow_trailing) else 0.0 for t in inputs.texts()]
+    check_style(style, special_token)
+    return [
+        1.0 if format_ok(t, allow_trailing, style, special_token) else 0.0 for t in inputs.texts()
+    ]
 
 
-def tag_score(text: str, trailing_penalty: float = 0.001) -> float:
-    """Partial format credit in [0, 1]: 0.25 per well-placed tag.
-
-    A tag is well placed when it appears exactly once and sits in the order
-    `<think>` < `</think>` < `<answer>` < `</answer>` relative to every other tag that also
-    appears exactly once (tags that are missing or repeated earn nothing and constrain
-    nothing). In addition `<think>` must open the response (only whitespace before it), and
-    `</answer>` loses `trailing_penalty` per non-whitespace character after it (at most its
-    whole 0.25), so the model learns to stop after answering.
-
-    >>> tag_score("<think>a</think><answer>2</answer>"), tag_score("<think>a</think> 2")
-    (1.0, 0.5)
-    >>> tag_score("<answer>2</answer>"), tag_score("<think>a</think><answer>2</answer>" + "x" * 100)
-    (0.5, 0.9)
-    """
-    position = {tag: text.index(tag) for tag in TAGS if text.count(tag) == 1}
-    credit = 0.0
-    for k, tag in enumerate(TAGS):
-        if tag not in position:
-            continue
-        in_order = all(
-            (position[other] < position[tag]) == (j < k)
-            for j, other in enumerate(TAGS)
-            if other in position and other != tag
-        )
-        if not in_order or (tag == THINK_OPEN and not text.lstrip().startswith(THINK_OPEN)):
-            continue
-        value = 0.25
-        if tag == ANSWER_CLOSE:
-            trailing = text[position[tag] + len(tag) :].strip()
-            value = max(0.0, value - trailing_penalty * len(trailing))
-        credit += value
-    return round(credit, 12)
-
-
-@register_reward("tag_count")
-def tag_count_reward(inputs: RewardInputs, trailing_penalty: float = 0.001) -> list[float | None]:
+@register_reward("tag_count", check=_check_style_params)
+def tag_count_reward(
+    inputs: RewardInputs,
+    trailing_penalty: float = 0.001,
+    style: str = "think",
+    special_token: str = SPECIAL_TOKEN,
+) -> list[float | None]:
     """`tag_score` of `prefill + completion`: a gradient toward the format before it is met.
 
     A small model that never emits the full format scores 0 on `format` for every sample, so
@@ -346,41 +336,23 @@ def tag_count_reward(inputs: RewardInputs, trailing_penalty: float = 0.001) -> l
     >>> tag_count_reward(inputs)
     [0.5, 0.75]
     """
-    return [tag_score(t, trailing_penalty) for t in inputs.texts()]
+    check_style(style, special_token)
+    return [tag_score(t, trailing_penalty, style, special_token) for t in inputs.texts()]
 
 
-# Character classes of the scripts that language_consistency tells apart. Han and kana are
-# written without spaces, so each of their characters counts as one word; in the other
-# scripts a run of letters is one word. Letters of scripts outside this table are not counted.
-_TAG_RE = re.compile("|".join(map(re.escape, TAGS)))
-
-
-def think_text(text: str) -> str:
-    """The chain of thought of a response: what lies inside `<think>...</think>`.
-
-    An unclosed `<think>` runs to the end (a truncated thought is still thought); a lone
-    `</think>` closes text that began at the start (the prefill opened it); with neither tag
-    the whole response is the thought. Any of the four tags left inside are removed.
-
-    >>> think_text("<think>a b</think><answer>c</answer>"), think_text("a b</think>c")
-    ('a b', 'a b')
-    """
-    start = text.find(THINK_OPEN)
-    begin = 0 if start < 0 else start + len(THINK_OPEN)
-    end = text.find(THINK_CLOSE, begin)
-    inner = text[begin:] if end < 0 else text[begin:end]
-    return _TAG_RE.sub(" ", inner)
-
-
-@register_reward("language_consistency")
+@register_reward("language_consistency", check=_check_style_params)
 def language_consistency_reward(
-    inputs: RewardInputs, language: str | None = None
+    inputs: RewardInputs,
+    language: str | None = None,
+    style: str = "think",
+    special_token: str = SPECIAL_TOKEN,
 ) -> list[float | None]:
     """R1's language-consistency reward: the share of chain-of-thought words in the target language.
 
-    The target is `language` if given, else `inputs.language`. A chain of thought with no
-    words at all (empty, or only numbers and symbols) gets None: the reward does not apply,
-    so it adds nothing, neither rewarding an empty thought nor punishing pure arithmetic.
+    The chain of thought is found by `think_text` for `style`; the target is `language` if
+    given, else `inputs.language`. A chain of thought with no words at all (empty, or only
+    numbers and symbols) gets None: the reward does not apply, so it adds nothing, neither
+    rewarding an empty thought nor punishing pure arithmetic.
 
     >>> ex = Example(id="q", prompt="1+1", answer="2")
     >>> texts = ["<think>we add them 所以</think><answer>2</answer>", "<think>1+1=2</think>"]
@@ -391,7 +363,8 @@ def language_consistency_reward(
     target = language or inputs.language
     if target not in LANGUAGE_SCRIPTS:
         raise unknown_name("language", target, LANGUAGE_SCRIPTS)
-    return [language_share(think_text(t), target) for t in inputs.texts()]
+    check_style(style, special_token)
+    return [language_share(think_text(t, style, special_token), target) for t in inputs.texts()]
 
 
 @register_reward("overlong")

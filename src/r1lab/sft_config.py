@@ -41,6 +41,7 @@ from r1lab.config import (
     load_yaml,
 )
 from r1lab.errors import UserError
+from r1lab.formats import SPECIAL_TOKEN
 
 SOURCE_KINDS = ("task", "jsonl", "samples")
 FORMATS = ("think", "r1")  # <think>…</think> <answer>…</answer>, or |special_token| reasoning …
@@ -79,7 +80,7 @@ def _default_sources() -> list[SourceConfig]:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=_default_sources)
-    special_token: str = "|special_token|"  # the R1 readable format's delimiter (format: r1)
+    special_token: str = SPECIAL_TOKEN  # the R1 readable format's delimiter (format: r1)
     eval_fraction: float = 0.05  # held-out share, cut by a hash of the prompt (deterministic)
     max_tokens: int = 1024  # prompt + completion + EOS; longer rows are dropped and counted
 

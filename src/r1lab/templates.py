@@ -58,14 +58,15 @@ SHOT_STYLES = ("brief", "solution")
 
 
 def pick_shots(task: Any, examples: Sequence[Example], count: int, style: str) -> list[Example]:
-    """The first `count` training examples as worked shots, reasoning as `style` asks.
+    """The first `count` checkable training examples as worked shots, reasoning as `style` asks.
 
     "solution" shows the task's full worked solution (when it has one); "brief" shows a
-    one-line derivation (`Task.brief`), which keeps a small model's answers short.
+    one-line derivation (`Task.brief`), which keeps a small model's answers short. General
+    prompts (no answer, see `Example.checkable`) have nothing to show and are passed over.
     """
     if style not in SHOT_STYLES:
         raise unknown_name("shot style", style, SHOT_STYLES)
-    shots = list(examples[:count])
+    shots = [ex for ex in examples if ex.checkable][:count]
     if style == "brief":
         return [replace(ex, solution=task.brief(ex)) for ex in shots]
     return shots

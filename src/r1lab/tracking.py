@@ -96,7 +96,7 @@ class ProgressDisplay:
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         stats = (
-            f"reward {metrics.get('reward', 0):.3f}  acc {metrics.get('accuracy', 0):.2f}  "
+            f"reward {metrics.get('reward', 0):.3f}  acc {metrics.get('accuracy') or 0:.2f}  "
             f"fmt {metrics.get('format', 0):.2f}  len {metrics.get('completion_len_mean', 0):.0f}  "
             f"{metrics.get('step_seconds', 0):.1f}s/step"
         )

@@ -8,12 +8,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Example:
-    """One verifiable problem.
+    """One problem: a verifiable one, or a general prompt.
 
     `prompt` is the bare question (no template); `answer` is the gold answer as text, in the
-    form the task's grader expects; `solution` is a worked step-by-step derivation when the
-    task can produce one (cold-start SFT data is rendered from it); `meta` carries
-    task-specific data the grader needs (e.g. countdown's numbers and target).
+    form the task's grader expects, or "" for a general prompt (writing, factual QA,
+    self-cognition) that no rule can check (see `checkable`); `solution` is a worked
+    step-by-step derivation when the task can produce one (cold-start SFT data is rendered
+    from it); `meta` carries task-specific data the grader needs (e.g. countdown's numbers).
     """
 
     id: str
@@ -21,6 +22,15 @@ class Example:
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
     solution: str | None = None
+
+    @property
+    def checkable(self) -> bool:
+        """Whether a rule can check an answer to it: rule rewards and pass@1 apply.
+
+        General prompts are not checkable: the `accuracy` reward skips them, a reward model
+        scores them (R1's last stage), and evaluation leaves them out of pass@1.
+        """
+        return bool(self.answer.strip())
 
     def to_dict(self) -> dict[str, Any]:
         return {

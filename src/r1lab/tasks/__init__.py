@@ -1,6 +1,6 @@
 """Verifiable tasks: built-in procedural ones and dataset-backed ones, behind one interface."""
 
-from r1lab.tasks import arith, countdown, datasets  # noqa: F401  (registers the tasks)
+from r1lab.tasks import arith, countdown, datasets, general, mix  # noqa: F401  (registers tasks)
 from r1lab.tasks.base import TASKS, Task, extract_answer, last_boxed, make_task, split_of
 
 __all__ = ["TASKS", "Task", "extract_answer", "last_boxed", "make_task", "split_of"]

@@ -47,7 +47,8 @@ def extract_answer(completion: str) -> str | None:
 
     The last `<answer>...</answer>` wins (the R1-Zero template asks for it); inside it, a
     `\boxed{}` is unwrapped. Without answer tags, the last `\boxed{}` (the R1 README's math
-    instruction) is used. Free text is never mined for a number: a model must state an answer.
+    instruction, and the summary of R1's readable format: "The answer is \boxed{7}.") is
+    used. Free text is never mined for a number: a model must state an answer.
     """
     found = _ANSWER_RE.findall(completion)
     if found:

@@ -44,8 +44,8 @@ from r1lab.types import Example, RolloutBatch
 
 def reward_terms(config: Config) -> list[RewardTerm]:
     """The configured reward terms, plus DAPO's overlong shaping when the preset asks for it."""
-    terms = [RewardTerm(r.name, r.weight, dict(r.params)) for r in config.rewards]
-    if config.grpo.overlong_buffer and not any(t.name == "overlong" for t in terms):
+    terms = [r.term() for r in config.rewards]
+    if config.grpo.overlong_buffer and not any(t.reward_name == "overlong" for t in terms):
         terms.append(RewardTerm("overlong", 1.0, {"buffer": config.grpo.overlong_buffer}))
     return terms
 
@@ -206,7 +206,7 @@ def optimize(
     g = config.grpo
     size = max(1, g.batch_size // g.minibatches)  # sequences per optimizer step
     logs: list[dict[str, float]] = []
-    skipped = 0
+    skipped, policy_seconds, optimizer_seconds = 0, 0.0, 0.0
     for _ in range(g.mu):
         if g.minibatches > 1:
             order = torch.randperm(batch.size, generator=generator)
@@ -214,19 +214,25 @@ def optimize(
             order = torch.arange(batch.size)
         for index in order.split(size):
             optimizer.zero_grad(set_to_none=True)
+            began = time.perf_counter()
             stats = minibatch_loss(model, batch, index, config)
+            policy_seconds += time.perf_counter() - began
+            began = time.perf_counter()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
             if not (torch.isfinite(norm) and torch.isfinite(torch.tensor(stats["loss"]))):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
             optimizer.step()
+            optimizer_seconds += time.perf_counter() - began
             stats["grad_norm"] = float(norm)
             logs.append(stats)
     optimizer.zero_grad(set_to_none=True)
     out = {k: sum(s[k] for s in logs) / len(logs) for k in logs[0]} if logs else {}
     out["updates"] = float(len(logs))
     out["skipped_updates"] = float(skipped)
+    out["time/policy"] = policy_seconds
+    out["time/optimizer"] = optimizer_seconds
     return out
 
 

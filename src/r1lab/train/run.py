@@ -92,9 +92,10 @@ def _step_metrics(
     lengths = [len(g.completion_ids) for _, g in gens] or [0]
     texts = [prefill + g.text for _, g in gens]
     rewards = out["rewards"] or [0.0]
+    graded = [task.score(t, ex) for t, (ex, _) in zip(texts, gens, strict=True) if ex.checkable]
     row: dict[str, Any] = {
         "reward": sum(rewards) / len(rewards),
-        "accuracy": sum(task.score(t, ex) for t, (ex, _) in zip(texts, gens, strict=True)) / n,
+        "accuracy": sum(graded) / len(graded) if graded else None,  # general prompts: no rule
         "format": sum(format_ok(t) for t in texts) / n,
     }
     for name in [t.name for t in reward_terms(config)]:  # every term, even with no groups
@@ -115,6 +116,11 @@ def _step_metrics(
         skipped_updates=opt.get("skipped_updates", 0.0),
         gen_tokens_per_s=out["sampled_tokens"] / max(out["gen_seconds"], 1e-9),
     )
+    # where the step's time went (seconds): generation, old/ref log-probs, the policy's
+    # forward/backward, clipping + optimizer update, and refreshing the engine's weights
+    row["time/generate"] = out["gen_seconds"]
+    for part in ("logprobs", "policy", "optimizer", "sync"):
+        row[f"time/{part}"] = opt.get(f"time/{part}", 0.0)
     return row
 
 
@@ -149,7 +155,8 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     set_seed(config.train.seed)
     task = make_task(config.task.name, config.task.options)
     train_examples = task.examples("train")
-    test_examples = task.examples("test", limit=config.eval.size) if config.eval.size else []
+    # pass@1 is over problems a rule can check: general prompts are left out of evaluation.
+    test_examples = [ex for ex in task.examples("test") if ex.checkable][: config.eval.size]
     shots = pick_shots(task, train_examples, config.template.shots, config.template.shot_style)
     state = load_state(checkpoint) if checkpoint else None
     model, tokenizer = load_model(str(checkpoint or config.model.spec), config.model.dtype)
@@ -169,6 +176,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
         model,
         tokenizer,
         max_prompt_tokens=config.generation.max_prompt_tokens,
+        compute_dtype=config.model.compute_dtype,
     )
     metrics = JsonlWriter(run_dir / "metrics.jsonl")
     samples = JsonlWriter(run_dir / "samples.jsonl")
@@ -208,11 +216,16 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             opt: dict[str, float] = {"updates": 0.0, "skipped_updates": 0.0}
             if out["groups"]:
                 with compute_context(config.model.compute_dtype, model.device):
+                    began_batch = time.perf_counter()
                     batch = build_batch(
                         model, ref, out["groups"], out["rewards"], config, tokenizer.pad_token_id
                     )
+                    logprob_seconds = time.perf_counter() - began_batch
                     opt = optimize(model, optimizer, batch, config, generator)
+                    opt["time/logprobs"] = logprob_seconds
+            began_sync = time.perf_counter()
             engine.sync_weights(model)
+            opt["time/sync"] = time.perf_counter() - began_sync
             bad_steps = bad_steps + 1 if opt["skipped_updates"] and not opt["updates"] else 0
             if (
                 ref is not None

@@ -246,7 +246,13 @@ def generation_metrics(config: SFTConfig, model: Any, tokenizer: Any) -> dict[st
     params = SamplingParams(
         n=1, max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p
     )
-    engine = make_engine("prefix", model, tokenizer, max_prompt_tokens=config.data.max_tokens)
+    engine = make_engine(
+        "prefix",
+        model,
+        tokenizer,
+        max_prompt_tokens=config.data.max_tokens,
+        compute_dtype=config.model.compute_dtype,
+    )
     with torch.random.fork_rng():  # the training RNG stays where it was
         torch.manual_seed(config.train.seed + 1)
         records = sample_and_grade(engine, task, examples, tokenizer, config.template.name, params)
