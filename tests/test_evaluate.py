@@ -323,7 +323,8 @@ def test_greedy_run_is_labelled(tmp_path):
 class ScriptedEngine:
     """Answers each problem correctly in sample 0 and with a random wrong number otherwise.
 
-    The wrong numbers come from torch's RNG, so the per-problem seeding is visible in them.
+    The wrong numbers come from each prompt's seeded generator, as the real engines draw, so
+    the per-problem seeding is visible in them.
     """
 
     def __init__(self, task):
@@ -332,11 +333,13 @@ class ScriptedEngine:
     def generate(self, prompts, params):
         gold = {ex.prompt: ex.answer for ex in self.task.examples("test")}
         groups = []
-        for prompt in prompts:
+        for prompt, seed in zip(prompts, params.seeds, strict=True):
             answer = next(a for q, a in gold.items() if q in prompt.text)
+            rng = torch.Generator().manual_seed(seed)
             group = []
             for i in range(params.n):
-                said = answer if i == 0 else str(10_000 + int(torch.randint(0, 3, ()).item()))
+                wrong = int(torch.randint(0, 3, (), generator=rng).item())
+                said = answer if i == 0 else str(10_000 + wrong)
                 text = f"<think> sure </think> <answer> {said} </answer>"
                 group.append(Generation([1], [2, 3], text, True))
             groups.append(group)
@@ -348,8 +351,8 @@ def test_metrics_through_the_whole_path_with_a_scripted_engine(tmp_path, monkeyp
 
     task = make_task("arith")
 
-    def fake_engine(settings, todo, shots, dtype, device):
-        return ScriptedEngine(task), object(), torch.device("cpu")
+    def fake_engine(settings, todo, shots, dtype, device, compute_dtype):
+        return ScriptedEngine(task), object()
 
     monkeypatch.setattr(evaluate, "_engine", fake_engine)
     monkeypatch.setattr(evaluate, "render", lambda name, q, tok, shots=(): _Prompt(q))
@@ -383,8 +386,8 @@ def test_shots_come_from_train_in_the_training_style(tmp_path, monkeypatch, styl
     task = make_task("arith")
     seen = []
 
-    def fake_engine(settings, todo, shots, dtype, device):
-        return ScriptedEngine(task), object(), torch.device("cpu")
+    def fake_engine(settings, todo, shots, dtype, device, compute_dtype):
+        return ScriptedEngine(task), object()
 
     def fake_render(name, question, tokenizer, shots=()):
         seen.append(list(shots))

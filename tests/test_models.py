@@ -186,3 +186,21 @@ def test_load_model_silences_transformers_progress_bars():
     hf_logging.enable_progress_bar()
     load_model("tiny:llama")
     assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_pick_device_auto_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_an_error():
+    from r1lab.models import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert pick_device("auto") == torch.device("cpu") == pick_device("cpu")
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        pick_device("cuda:0")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU"])
+def test_model_device_is_validated_at_load_time(device):
+    from r1lab.config import build_config
+
+    with pytest.raises(UserError, match="model.device"):
+        build_config({"model": {"device": device}})

@@ -176,3 +176,18 @@ def test_top_k_and_top_p_renormalise_over_the_kept_tokens():
     top3[[0, 5, 1]] = base[[0, 5, 1]] / base[[0, 5, 1]].sum()
     freq = draw(SamplingParams(temperature=1.0, top_p=0.7))
     assert freq[[2, 3, 4]].sum() == 0 and chi_square(freq, top3) < CHI2_LIMIT
+
+
+@pytest.mark.parametrize("engine_name", ["prefix", "hf"])
+def test_seeded_prompts_sample_the_same_alone_or_batched(peaked, tokenizer, engine_name):
+    engine = make_engine(engine_name, peaked, tokenizer)
+    params = SamplingParams(n=3, max_new_tokens=6, temperature=1.0, seeds=(11, 22, 33))
+    batched = engine.generate(prompts(), params)
+    alone = [
+        engine.generate(prompts([q]), SamplingParams(n=3, max_new_tokens=6, seeds=(seed,)))[0]
+        for q, seed in zip(QUESTIONS, (11, 22, 33), strict=True)
+    ]
+    assert [[g.completion_ids for g in grp] for grp in batched] == [
+        [g.completion_ids for g in grp] for grp in alone
+    ]
+    assert len({tuple(g.completion_ids) for g in batched[0]}) > 1  # really sampled

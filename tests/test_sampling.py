@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from r1lab import cli, evaluate, filters, judge, rejection
@@ -124,9 +123,7 @@ def scripted(monkeypatch, tokenizer):
 
     def install(answers: dict[str, str], texts: list[str] = SCRIPT) -> None:
         engine = ScriptedEngine(answers, texts)
-        monkeypatch.setattr(
-            evaluate, "_engine", lambda *args: (engine, tokenizer, torch.device("cpu"))
-        )
+        monkeypatch.setattr(evaluate, "_engine", lambda *args: (engine, tokenizer))
 
     return install
 

@@ -31,10 +31,15 @@ class ModelConfig:
     spec: str = DEFAULT_MODEL
     dtype: str = "float32"  # weights and optimizer state
     compute_dtype: str = "float32"  # "bfloat16": autocast the training forward/backward passes
+    device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1"
 
     def validate(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.compute_dtype", self.compute_dtype, DTYPES)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UserError(
+                f"model.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
 
 
 @dataclass

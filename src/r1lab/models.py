@@ -74,6 +74,21 @@ def compute_context(compute_dtype: str, device: Any = "cpu") -> Any:
     return torch.autocast(device_type, dtype=getattr(torch, compute_dtype), enabled=enabled)
 
 
+def pick_device(name: str = "auto") -> Any:
+    """The torch device for `name`: "auto" is the first GPU when there is one, else the CPU.
+
+    Asking for a GPU that is not there is a user error, not a silent fall back to the CPU.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: no CUDA GPU is visible here (use auto or cpu)")
+    return device
+
+
 def quiet_progress_bars() -> None:
     """Silence transformers' per-load and per-save progress bars (a second each, every time).
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.config import (
+    DTYPES,
     TaskConfig,
     TemplateConfig,
     _at_least,
@@ -89,9 +90,14 @@ class PipelineEvalConfig:
     seed: int = 0
     language: str = "en"  # the target language of the chain of thought
     models: list[str] | None = None  # "base", stage names, "<distill>.before"; None: all
+    compute_dtype: str = "float32"  # "bfloat16": bf16 matmuls while sampling
+    batch_size: int = 16  # problems per engine call
 
     def validate(self) -> None:
         from r1lab.language import LANGUAGE_SCRIPTS
+
+        _choice("eval.compute_dtype", self.compute_dtype, DTYPES)
+        _at_least("eval.batch_size", self.batch_size, 1)
 
         _at_least("eval.k", self.k, 1)
         if self.limit is not None:

@@ -97,6 +97,8 @@ def evaluate_models(
             limit=ev.limit,
             seed=ev.seed,
             out_dir=out,
+            batch_size=ev.batch_size,
+            compute_dtype=ev.compute_dtype,
             progress=progress,
         )
         language = language_consistency(out / "results.jsonl", ids, ev.language)

@@ -180,7 +180,12 @@ def draw(
         notes.append(f"resumed: {len(examples) - len(todo)} prompts reused from {RESULTS}")
     if todo:
         gen = config.generation
-        runtime = {"batch_size": gen.batch_size, "dtype": config.model.dtype, "device": gen.device}
+        runtime = {
+            "batch_size": gen.batch_size,
+            "dtype": config.model.dtype,
+            "compute_dtype": config.model.compute_dtype,
+            "device": gen.device,
+        }
         sample_problems(
             settings, task, todo, shots, out / RESULTS, progress, **runtime, label="sample"
         )

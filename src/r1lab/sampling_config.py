@@ -67,7 +67,7 @@ class SampleGenerationConfig:
     temperature: float = 0.7  # R1's all-scenario rollouts; evaluation uses 0.6
     top_p: float = 0.95
     stop: list[str] = field(default_factory=list)
-    batch_size: int = 1  # prompts per write to results.jsonl: the resume granularity
+    batch_size: int = 16  # prompts per engine call and write to results.jsonl (resume unit)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
     def validate(self) -> None:

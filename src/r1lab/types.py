@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -65,3 +65,11 @@ class RolloutBatch:
     @property
     def size(self) -> int:
         return int(self.completion_ids.shape[0])
+
+    def to(self, device: Any) -> RolloutBatch:
+        """The same batch with every tensor on `device` (where the policy lives)."""
+        moved = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+            for f in fields(self)
+        }
+        return RolloutBatch(**moved)

@@ -23,6 +23,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # one seed per prompt: each prompt's samples come from its own generator, so they do not
+    # depend on which other prompts share the batch (evaluation, rejection sampling)
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ class HFEngine:
     """`model.generate` with left-padded batches; `n` samples per prompt share one batch.
 
     `compute_dtype` (e.g. "bfloat16") runs generation under autocast, as training does.
+    `keep_weights` is accepted for the common engine options; this engine holds no copies.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class HFEngine:
         tokenizer: Any,
         max_prompt_tokens: int = 512,
         compute_dtype: str | None = None,
+        keep_weights: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -71,6 +74,21 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Generation]]:
+        if params.seeds is not None:  # `generate` has one RNG: one call per seeded prompt
+            device = next(self.model.parameters()).device
+            devices = [device.index or 0] if device.type == "cuda" else []
+            unseeded = replace(params, seeds=None)
+            groups = []
+            for prompt, seed in zip(prompts, params.seeds, strict=True):
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    groups += self._generate([prompt], unseeded)
+            return groups
+        return self._generate(prompts, params)
+
+    def _generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams
+    ) -> list[list[Generation]]:
         prompt_ids = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
         rows = [ids for ids in prompt_ids for _ in range(params.n)]
         input_ids, mask = left_pad(rows, self.tokenizer.pad_token_id)

@@ -86,14 +86,17 @@ class LeanDecoder:
 
     def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
         self.model = model
-        self.dtype = dtype
-        self.sync()
+        self.compute_dtype = dtype or next(model.parameters()).dtype
+        self.layers: list[dict[str, Any]] | None = None
+
+    def release(self) -> None:
+        """Drop the fused weight copies (they are rebuilt by the next `sync`)."""
+        self.layers = None
+        self.head = None
 
     def sync(self) -> None:
         """Re-read the weights (after an optimizer step); fused copies in the compute dtype."""
-        model, config = self.model, self.model.config
-        dtype = self.dtype or next(model.parameters()).dtype
-        self.compute_dtype = dtype
+        model, config, dtype = self.model, self.model.config, self.compute_dtype
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -161,6 +164,8 @@ class LeanDecoder:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """Logits `[A, V]` (fp32) for one new token per alive row; stores its keys/values."""
+        if self.layers is None:
+            self.sync()
         a, t = tokens.shape[0], kv.length
         h, hk, d = self.heads, self.kv_heads, self.head_dim
         tp = kv.prompt_keys[0].shape[2]

@@ -27,8 +27,17 @@ from r1lab.rollout.lean import SUPPORTED, KVBuffer, LeanDecoder, supports
 from r1lab.templates import Prompt
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Draw one token per row from fp32 `logits` [A, V] with temperature/top-k/top-p."""
+def sample_next(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generators: Sequence[torch.Generator] | None = None,
+    owners: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw one token per row from fp32 `logits` [A, V] with temperature/top-k/top-p.
+
+    With `generators` (one per prompt) and `owners` [A] (each row's prompt), each prompt's rows
+    draw from that prompt's generator only.
+    """
     if params.temperature <= 0:
         return logits.argmax(-1)  # [A]
     logits = logits / params.temperature
@@ -42,7 +51,14 @@ def sample_next(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop = (probs.cumsum(-1) - probs) >= params.top_p  # [A, V]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)  # [A]
+    probs = torch.softmax(logits, dim=-1)  # [A, V]
+    if generators is None or owners is None:
+        return torch.multinomial(probs, 1).squeeze(-1)  # [A]
+    out = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    for prompt in owners.unique().tolist():
+        rows = (owners == prompt).nonzero().squeeze(-1)
+        out[rows] = torch.multinomial(probs[rows], 1, generator=generators[prompt]).squeeze(-1)
+    return out  # [A]
 
 
 class _HFDecode:
@@ -96,7 +112,9 @@ class PrefixEngine:
 
     `compute_dtype` ("bfloat16" or "float32"; default: the model's dtype) is the dtype of the
     matmuls during generation; `lean` (default: whenever the architecture is supported) runs
-    decode steps through `r1lab.rollout.lean` instead of the model's modules.
+    decode steps through `r1lab.rollout.lean` instead of the model's modules, from fused
+    weight copies in the compute dtype; `keep_weights=False` frees those after every call (a
+    trainer changes the weights after each call anyway, and needs the memory for its step).
     """
 
     def __init__(
@@ -106,11 +124,13 @@ class PrefixEngine:
         max_prompt_tokens: int = 512,
         compute_dtype: str | None = None,
         lean: bool | None = None,
+        keep_weights: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.keep_weights = keep_weights
         self.compute_dtype = compute_dtype or str(next(model.parameters()).dtype).split(".")[-1]
         if lean and not supports(model):
             raise UserError(
@@ -127,7 +147,7 @@ class PrefixEngine:
         self.model = model
         if self.decoder is not None:
             self.decoder.model = model
-            self.decoder.sync()
+            self.decoder.release()  # rebuilt from the new weights by the next decode step
 
     def _stopped(self, tokens: list[int], stop: Sequence[str]) -> bool:
         if not stop:
@@ -144,6 +164,8 @@ class PrefixEngine:
             return self._generate(prompts, params)
         finally:
             model.train(was_training)
+            if self.decoder is not None and not self.keep_weights:
+                self.decoder.release()
 
     def _prefill(
         self, prompt_ids: list[list[int]], n: int, max_new_tokens: int
@@ -182,8 +204,14 @@ class PrefixEngine:
         tokens: list[list[int]] = [[] for _ in alive]
         finished = [False] * len(alive)
         eos = torch.tensor(self.eos_ids, device=logits.device)
+        generators = None
+        if params.seeds is not None:
+            generators = [
+                torch.Generator(logits.device).manual_seed(seed) for seed in params.seeds
+            ]
         for step in range(params.max_new_tokens):
-            nxt = sample_next(logits, params)  # [A]
+            owners = torch.tensor([sample // n for sample in alive], device=logits.device)
+            nxt = sample_next(logits, params, generators, owners)  # [A]
             hit_eos = torch.isin(nxt, eos).tolist()
             for row, (sample, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
                 if finished[sample]:

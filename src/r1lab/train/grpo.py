@@ -251,7 +251,7 @@ def build_batch(
         **collate(groups, pad_id, g.mask_truncated),
         advantages=group_advantages(reward_t, g.group_size, g.advantage_scale),
         rewards=reward_t,
-    )
+    ).to(model.device)
     temperature = max(config.generation.temperature, 1e-6)
     if g.mu * g.minibatches > 1:
         batch.old_logp = batch_logprobs(model, batch, g.micro_batch_size, temperature)
@@ -260,9 +260,16 @@ def build_batch(
     return batch
 
 
-def make_reference(model: Any) -> Any:
-    """A frozen copy of the policy: pi_ref for the KL term."""
+def make_reference(model: Any, compute_dtype: str = "float32") -> Any:
+    """A frozen copy of the policy: pi_ref for the KL term.
+
+    It only ever runs forward passes under `compute_dtype` autocast, where its matmuls are
+    done in that dtype anyway; so with bf16 compute it is stored in bf16: half the memory, and
+    no autocast cache of cast weights next to it.
+    """
     ref = copy.deepcopy(model)
+    if compute_dtype != "float32":
+        ref.to(getattr(torch, compute_dtype))
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)

@@ -26,7 +26,7 @@ from r1lab.checkpoint import (
 from r1lab.config import Config, dump_config
 from r1lab.errors import UserError
 from r1lab.evaluate import sample_and_grade, summarize
-from r1lab.models import compute_context, load_model
+from r1lab.models import compute_context, load_model, pick_device
 from r1lab.rewards import count_reflections, format_ok
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
@@ -160,12 +160,12 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     shots = pick_shots(task, train_examples, config.template.shots, config.template.shot_style)
     state = load_state(checkpoint) if checkpoint else None
     model, tokenizer = load_model(str(checkpoint or config.model.spec), config.model.dtype)
+    model.to(pick_device(config.model.device))
     ref = None
     if config.grpo.beta > 0:
         # pi_ref is the initial policy, or the policy at the last reset (saved with the state).
-        ref = make_reference(
-            model if state is None else load_model(config.model.spec, config.model.dtype)[0]
-        )
+        initial = model if state is None else load_model(config.model.spec, config.model.dtype)[0]
+        ref = make_reference(initial.to(model.device), config.model.compute_dtype)
         if state is not None and "ref" in state:
             ref.load_state_dict(state["ref"])
     optimizer = build_optimizer(model, config.optim)
@@ -177,6 +177,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
         tokenizer,
         max_prompt_tokens=config.generation.max_prompt_tokens,
         compute_dtype=config.model.compute_dtype,
+        keep_weights=False,
     )
     metrics = JsonlWriter(run_dir / "metrics.jsonl")
     samples = JsonlWriter(run_dir / "samples.jsonl")

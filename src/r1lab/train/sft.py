@@ -47,7 +47,7 @@ from r1lab.checkpoint import (
 from r1lab.config import dump_config
 from r1lab.errors import UserError
 from r1lab.logprobs import hidden_logprobs
-from r1lab.models import compute_context, load_model
+from r1lab.models import compute_context, load_model, pick_device
 from r1lab.sft_config import SFTConfig
 from r1lab.sft_data import SFTRow, load_rows, split_rows, write_rows
 from r1lab.tracking import JsonlWriter, ProgressDisplay
@@ -321,6 +321,7 @@ def sft(config: SFTConfig, resume: bool | str = False, progress: bool = True) ->
     set_seed(config.train.seed)
     display = SFTProgress(1, enabled=progress)
     model, tokenizer = load_model(str(checkpoint or config.model.spec), config.model.dtype)
+    model.to(pick_device(config.model.device))
     data = prepare_data(config, run_dir, model, tokenizer, display.log)
     check_packing(model)
     optimizer = build_optimizer(model, config.optim)
