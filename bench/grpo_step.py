@@ -67,9 +67,10 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
         "rewards": REWARDS,
         "generation": {"max_new_tokens": settings["max_new_tokens"], "temperature": 1.0},
         "grpo": {"preset": "grpo", "batch_size": settings["prompts"] * settings["group"],
-                 "group_size": settings["group"], "micro_batch_size": 16,
+                 "group_size": settings["group"],
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
-                 "clip_high": 0.2},
+                 "clip_high": 0.2, "micro_batch_size": settings.get("micro", 16),
+                 "activation_checkpointing": settings.get("checkpointing", False)},
         "optim": {"lr": settings["lr"], "warmup_steps": 0},
         "eval": {"every": 0, "size": 0},
         "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
@@ -86,21 +87,31 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
 
 # --------------------------------------------------------------------------- TRL side
 class _Timer:
-    """Wraps GRPOTrainer._generate to time generation and count the tokens it produced."""
+    """Times TRL's generation (counting its tokens) and its whole generate-and-score phase
+    (generation, rewards, reference/old log-probs); the rest of a step is the policy's
+    forward/backward and the optimizer."""
 
     def __init__(self, trainer: Any) -> None:
         self.seconds: list[float] = []
         self.tokens: list[int] = []
-        inner = trainer._generate
+        self.scoring: list[float] = []
+        generate, score = trainer._generate, trainer._generate_and_score_completions
 
-        def timed(prompts: list) -> Any:
+        def timed_generate(prompts: list) -> Any:
             began = time.perf_counter()
-            result = inner(prompts)
+            result = generate(prompts)
             self.seconds.append(time.perf_counter() - began)
             self.tokens.append(sum(len(ids) for ids in result[1]))
             return result
 
-        trainer._generate = timed
+        def timed_score(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            result = score(*args, **kwargs)
+            self.scoring.append(time.perf_counter() - began)
+            return result
+
+        trainer._generate = timed_generate
+        trainer._generate_and_score_completions = timed_score
 
 
 def run_trl(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
@@ -155,11 +166,15 @@ def run_trl(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
                           processing_class=tokenizer, callbacks=[StepTimer()])
     timer = _Timer(trainer)
     trainer.train()
+    counted = len(step_times) - 1
+    generate = sum(timer.seconds[1:]) / counted
+    scoring = sum(timer.scoring[1:]) / counted
     return {
         "step_seconds": step_times[1:],
         "gen_tokens_per_s": [t / s for t, s in zip(timer.tokens[1:], timer.seconds[1:],
                                                    strict=True)],
-        "breakdown": {"generate": sum(timer.seconds[1:]) / max(1, len(timer.seconds) - 1)},
+        "breakdown": {"generate": generate, "logprobs": scoring - generate,
+                      "policy+optimizer": sum(step_times[1:]) / counted - scoring},
     }
 
 
@@ -172,7 +187,10 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
         runner = run_trl if side == "trl" else run_r1lab
         result = runner(settings, dtype, Path(tmp))
     steps = result["step_seconds"]
-    result.update(side=side, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
+    label = side
+    if side == "r1lab":
+        label += f" (micro {settings['micro']}{', ckpt' if settings['checkpointing'] else ''})"
+    result.update(side=side, label=label, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
                   tokens_per_s=sum(result["gen_tokens_per_s"]) / len(result["gen_tokens_per_s"]),
                   peak_rss_mb=peak_rss_mb())
     result_path.write_text(json.dumps(result))
@@ -184,7 +202,13 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, help="steps per side (the first is warm-up)")
     parser.add_argument("--sides", default="trl,r1lab")
+    parser.add_argument("--micro", type=int, default=16, help="r1lab sequences per micro-batch")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="r1lab: recompute decoder layers in the backward pass (memory)")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
+    parser.add_argument("--plot", help="also write the time-breakdown chart here (PNG)")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="earlier result JSONs whose sides are added to this report")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "DTYPE", "RESULT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -196,6 +220,7 @@ def main() -> None:
     settings = {**DEFAULTS, **(SMOKE if args.smoke else {})}
     if args.steps:
         settings["steps"] = args.steps
+    settings.update(micro=args.micro, checkpointing=args.checkpointing)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):
@@ -205,27 +230,63 @@ def main() -> None:
                        "--settings", json.dumps(settings)]
                 subprocess.run(cmd, check=True)
                 results.append(json.loads(path.read_text()))
+    for earlier in args.merge:  # e.g. TRL measured in one run, r1lab in the next
+        results += json.loads(Path(earlier).read_text())["results"]
     report = {"settings": settings, "machine": machine(), "results": results,
               "ratios": ratios(results)}
     for r in results:
-        print(f"{r['side']:>6} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
+        label = r.get("label", r["side"])
+        print(f"{label:>26} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
               f"{r['tokens_per_s']:7.1f} gen tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB")
-    for dtype, ratio in report["ratios"].items():
-        print(f"r1lab / TRL ({dtype}): time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
+    for key, ratio in report["ratios"].items():
+        print(f"{key} / TRL: time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
               f"generation speed {ratio['gen_speed']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot_breakdown(results, Path(args.plot))
+
+
+PARTS = {"generation": ("generate",), "reference/old log-probs + rewards": ("logprobs",),
+         "policy forward/backward + optimizer": ("policy+optimizer", "policy", "optimizer",
+                                                 "sync")}
+
+
+def plot_breakdown(results: list[dict[str, Any]], path: Path) -> None:
+    """Stacked bars: where one step's seconds go, for each side and dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.get('label', r['side'])} {r['dtype']}" for r in results]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.5))
+    left = [0.0] * len(results)
+    for part, keys in PARTS.items():
+        widths = [sum(r["breakdown"].get(k, 0.0) for k in keys) for r in results]
+        ax.barh(labels, widths, left=left, label=part)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    rest = [max(0.0, r["seconds_per_step"] - done) for r, done in zip(results, left, strict=True)]
+    if any(rest):  # a run that timed generation only: the rest of its step, unattributed
+        ax.barh(labels, rest, left=left, label="not broken down", color="lightgrey")
+    ax.set_xlabel("seconds per GRPO step")
+    ax.invert_yaxis()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """r1lab over TRL at each dtype where both ran (time and RSS: lower is better)."""
-    by = {(r["side"], r["dtype"]): r for r in results}
+    trl = {r["dtype"]: r for r in results if r["side"] == "trl"}
     out = {}
-    for (side, dtype), ours in by.items():
-        theirs = by.get(("trl", dtype))
-        if side == "r1lab" and theirs:
-            out[dtype] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
+    for ours in results:
+        theirs = trl.get(ours["dtype"])
+        if ours["side"] == "r1lab" and theirs:
+            key = f"{ours.get('label', 'r1lab')} {ours['dtype']}"
+            out[key] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
                           "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
                           "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
     return out

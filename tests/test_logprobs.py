@@ -9,22 +9,41 @@ import transformers
 
 from r1lab.logprobs import token_logprobs
 
-TINY = dict(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+TINY = dict(
+    vocab_size=257,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 # Llama/Qwen2 are the common case; the others change lm_head output in their forward
 # (softcapping, logit scales) or use absolute positions (GPT-2), which token_logprobs must
 # reproduce.
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, TINY),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, TINY),
-    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
-               {**TINY, "final_logit_softcapping": 0.5, "head_dim": 8}),
-    "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
-                {**TINY, "logits_scaling": 0.25}),
-    "cohere": (transformers.CohereConfig, transformers.CohereForCausalLM,
-               {**TINY, "logit_scale": 3.0}),
-    "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
-             dict(vocab_size=257, n_embd=32, n_layer=2, n_head=4, n_positions=256)),
+    "gemma2": (
+        transformers.Gemma2Config,
+        transformers.Gemma2ForCausalLM,
+        {**TINY, "final_logit_softcapping": 0.5, "head_dim": 8},
+    ),
+    "granite": (
+        transformers.GraniteConfig,
+        transformers.GraniteForCausalLM,
+        {**TINY, "logits_scaling": 0.25},
+    ),
+    "cohere": (
+        transformers.CohereConfig,
+        transformers.CohereForCausalLM,
+        {**TINY, "logit_scale": 3.0},
+    ),
+    "gpt2": (
+        transformers.GPT2Config,
+        transformers.GPT2LMHeadModel,
+        dict(vocab_size=257, n_embd=32, n_layer=2, n_head=4, n_positions=256),
+    ),
 }
 
 
@@ -43,7 +62,7 @@ def left_padded(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
+        ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
     return ids, mask
 
 
@@ -75,8 +94,9 @@ def test_chunked_equals_full_logits(family, chunk_size, temperature):
     model = tiny_model(family)
     ids, mask, _ = prompt_completion_batch()
     with torch.no_grad():
-        logp, entropy = token_logprobs(model, ids, mask, with_entropy=True,
-                                       chunk_size=chunk_size, temperature=temperature)
+        logp, entropy = token_logprobs(
+            model, ids, mask, with_entropy=True, chunk_size=chunk_size, temperature=temperature
+        )
         ref_logp, ref_entropy = full_logits_logprobs(model, ids, mask, temperature)
     assert logp.dtype == entropy.dtype == torch.float32
     assert logp.shape == entropy.shape == (4, ids.shape[1] - 1)
@@ -96,8 +116,8 @@ def test_left_padding_matches_unpadded_rows(family, attn):
         batched, _ = token_logprobs(model, ids, mask)
         for i, seq in enumerate(seqs):
             alone, _ = token_logprobs(model, seq[None], torch.ones(1, len(seq), dtype=torch.long))
-            torch.testing.assert_close(batched[i, -(len(seq) - 1):], alone[0], atol=1e-5, rtol=0)
-            assert (batched[i, :-(len(seq) - 1)] == 0).all()
+            torch.testing.assert_close(batched[i, -(len(seq) - 1) :], alone[0], atol=1e-5, rtol=0)
+            assert (batched[i, : -(len(seq) - 1)] == 0).all()
         # The trap this guards against: a forward without position_ids shifts positions by
         # the pad length. RoPE is shift-invariant up to rounding; absolute positions are not.
         if family == "gpt2":
@@ -118,8 +138,11 @@ def test_gradients_equal_full_logits_path(checkpoint_chunks):
         ((logp * weights).sum() + 0.3 * entropy.sum()).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    chunked = grads(lambda: token_logprobs(model, ids, mask, with_entropy=True, chunk_size=5,
-                                           checkpoint_chunks=checkpoint_chunks))
+    chunked = grads(
+        lambda: token_logprobs(
+            model, ids, mask, with_entropy=True, chunk_size=5, checkpoint_chunks=checkpoint_chunks
+        )
+    )
     full = grads(lambda: full_logits_logprobs(model, ids, mask))
     assert chunked.keys() == full.keys()
     for name in full:
@@ -164,3 +187,41 @@ def test_all_padding_gives_zeros_and_model_without_backbone_is_refused():
     assert logp.shape == (2, 5) and (logp == 0).all() and (entropy == 0).all()
     with pytest.raises(TypeError, match="backbone"):
         token_logprobs(model.model, ids, torch.ones_like(ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_head_matches_the_autograd_chunk_path(monkeypatch, dtype):
+    """The fused LM-head function (plain heads) against the checkpointed log_softmax path
+    (used for heads with scaling or softcapping): same log-probs, entropy and gradients, in
+    fp32 exactly and under bf16 autocast within bf16 rounding."""
+    from r1lab import logprobs
+
+    model = tiny_model()
+    ids, mask, _ = prompt_completion_batch(seed=4)
+    g = torch.Generator().manual_seed(5)
+    weights = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=g)
+
+    def run():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logp, entropy = token_logprobs(
+                model, ids, mask, with_entropy=True, chunk_size=7, temperature=0.7
+            )
+        ((logp * weights).sum() + 0.3 * entropy.sum()).backward()
+        return (
+            logp.detach(),
+            entropy.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters()},
+        )
+
+    fused = run()
+    monkeypatch.setattr(logprobs, "_plain_head", lambda model, head: False)
+    plain = run()
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(fused[0], plain[0], **tol)
+    torch.testing.assert_close(fused[1], plain[1], **tol)
+    for name, grad in plain[2].items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (fused[2][name] - grad).abs().max() / scale < (
+            1e-4 if dtype == torch.float32 else 5e-2
+        ), name

@@ -121,8 +121,9 @@ def test_prefix_equals_joined_rows_and_unpadded_sequences(family, name):
         assert (logp[i, :n] < 0).all()
 
 
+@pytest.mark.parametrize("checkpoint_layers", [False, True])
 @pytest.mark.parametrize("name", ["groups", "subset"])
-def test_prefix_gradients_equal_joined_rows_gradients(name):
+def test_prefix_gradients_equal_joined_rows_gradients(name, checkpoint_layers):
     model = tiny_model()
     case = make_case(*CASES[name], seed=7)
     ids, mask = joined_rows(case)
@@ -135,7 +136,11 @@ def test_prefix_gradients_equal_joined_rows_gradients(name):
         ((logp * weights).sum() + 0.3 * entropy.sum()).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    shared = grads(lambda: run_prefix(model, case, with_entropy=True, chunk_size=4))
+    shared = grads(
+        lambda: run_prefix(
+            model, case, with_entropy=True, chunk_size=4, checkpoint_layers=checkpoint_layers
+        )
+    )
     joined = grads(
         lambda: token_logprobs(model, ids, mask, logits_to_keep=tc, with_entropy=True, chunk_size=4)
     )
@@ -162,3 +167,12 @@ def test_prefix_of_a_repeated_prompt_is_computed_once_per_distinct_prompt():
                 case["completion_mask"][i : i + 1],
             )
             torch.testing.assert_close(together[i], single[0], atol=1e-5, rtol=0)
+
+
+def test_layer_checkpointing_is_undone_after_the_call():
+    model = tiny_model()
+    case = make_case(*CASES["groups"], seed=2)
+    run_prefix(model, case, checkpoint_layers=True)[0].sum().backward()
+    layers = model.get_decoder().layers
+    assert not any(layer.gradient_checkpointing for layer in layers)
+    assert not any("_can_checkpoint_with_cache" in layer.__dict__ for layer in layers)

@@ -123,6 +123,9 @@ class GRPOConfig:
     mu: int = 1  # optimisation passes over each batch of rollouts
     minibatches: int = 1  # optimizer steps per pass
     micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation)
+    # recompute each decoder layer in the backward pass instead of keeping its activations:
+    # far less memory per completion token, one more forward of the completions
+    activation_checkpointing: bool = False
     beta: float = 0.001
     kl: str = "k3"
     clip_low: float = 0.2

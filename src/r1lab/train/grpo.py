@@ -129,6 +129,7 @@ def rows_logprobs(
     index: torch.Tensor,
     temperature: float,
     with_entropy: bool = False,
+    checkpoint_layers: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [m, Tc] of the completions `index`, running each of their prompts once."""
     prompts, rows = torch.unique(batch.rows[index], return_inverse=True)
@@ -141,6 +142,7 @@ def rows_logprobs(
         batch.completion_attn[index],
         with_entropy=with_entropy,
         temperature=temperature,
+        checkpoint_layers=checkpoint_layers,
     )
 
 
@@ -171,7 +173,12 @@ def minibatch_loss(
         idx = index[start : start + g.micro_batch_size]
         mask = batch.completion_mask[idx]  # [m, Tc]
         logp, entropy = rows_logprobs(
-            model, batch, idx, max(config.generation.temperature, 1e-6), with_entropy=True
+            model,
+            batch,
+            idx,
+            max(config.generation.temperature, 1e-6),
+            with_entropy=True,
+            checkpoint_layers=g.activation_checkpointing,
         )  # [m, Tc]
         old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
         per_token, stats = clipped_policy_loss(

@@ -1,0 +1,43 @@
+"""The benchmark scripts run end to end at their seconds-scale smoke settings and write their
+JSON reports (what they measure is printed, never asserted: no timing bounds in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *args],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def test_rollout_bench_reports_both_engines_and_their_ratio(tmp_path):
+    out = tmp_path / "rollout.json"
+    run("rollout.py", "--out", str(out), "--dtypes", "float32")
+    report = json.loads(out.read_text())
+    assert {r["engine"] for r in report["results"]} == {"hf", "prefix"}
+    assert all(r["valid_tokens"] > 0 for r in report["results"])
+    assert report["ratio_prefix_vs_generate"]["float32"] > 0
+
+
+def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path):
+    pytest.importorskip("trl")
+    out, plot = tmp_path / "step.json", tmp_path / "breakdown.png"
+    run("grpo_step.py", "--out", str(out), "--dtypes", "float32", "--plot", str(plot))
+    report = json.loads(out.read_text())
+    assert {r["side"] for r in report["results"]} == {"trl", "r1lab"}
+    for r in report["results"]:
+        assert r["seconds_per_step"] > 0 and r["peak_rss_mb"] > 0 and r["breakdown"]["generate"] > 0
+    assert set(report["ratios"]) == {"r1lab (micro 16) float32"}
+    assert plot.stat().st_size > 0
