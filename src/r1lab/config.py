@@ -386,6 +386,20 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -
     return raw
 
 
+def load_kind_recipe(path: str | Path, kind: str, what: str) -> dict[str, Any]:
+    """A recipe YAML that must say `kind: KIND` (`what`, e.g. "an SFT recipe", names it).
+
+    A recipe without `kind` is a GRPO recipe; saying so beats listing unknown keys.
+    """
+    raw = load_yaml(path)
+    if "kind" not in raw:
+        raise UserError(
+            f"{path}: {what} starts with `kind: {kind}` (a recipe without `kind` is a GRPO "
+            "recipe: run it with `r1lab train`)"
+        )
+    return raw
+
+
 def check_kind(raw: dict[str, Any], kind: str) -> None:
     """A recipe's top-level `kind` (default `grpo`) must be the one the command runs."""
     found = raw.get("kind", "grpo")

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from r1lab.config import apply_overrides, check_kind, from_dict, load_yaml
+from r1lab.config import apply_overrides, check_kind, from_dict, load_kind_recipe
 from r1lab.errors import UserError
 from r1lab.sampling_config import SampleConfig, build_sample_config
 from r1lab.sft_config import SFTConfig, build_sft_config
@@ -131,12 +131,7 @@ def build_distill_config(
 
 def load_distill_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> DistillConfig:
     """Load a distillation recipe YAML (it must say `kind: distill`) with overrides applied."""
-    raw = load_yaml(path)
-    if "kind" not in raw:
-        raise UserError(
-            f"{path}: a distillation recipe starts with `kind: distill` (a recipe without "
-            "`kind` is a GRPO recipe: run it with `r1lab train`)"
-        )
+    raw = load_kind_recipe(path, "distill", "a distillation recipe")
     return build_distill_config(raw, overrides)
 
 

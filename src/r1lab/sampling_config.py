@@ -40,7 +40,7 @@ from r1lab.config import (
     check_sampling,
     check_task,
     from_dict,
-    load_yaml,
+    load_kind_recipe,
 )
 from r1lab.errors import UserError
 from r1lab.formats import SPECIAL_TOKEN, STYLES, check_style
@@ -211,10 +211,5 @@ def build_sample_config(raw: dict[str, Any], overrides: typing.Sequence[str] = (
 
 def load_sample_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SampleConfig:
     """Load a sample recipe YAML (it must say `kind: sample`) with overrides applied."""
-    raw = load_yaml(path)
-    if "kind" not in raw:
-        raise UserError(
-            f"{path}: a rejection-sampling recipe starts with `kind: sample` (a recipe without "
-            "`kind` is a GRPO recipe: run it with `r1lab train`)"
-        )
+    raw = load_kind_recipe(path, "sample", "a rejection-sampling recipe")
     return build_sample_config(raw, overrides)

@@ -38,7 +38,7 @@ from r1lab.config import (
     check_sampling,
     check_task,
     from_dict,
-    load_yaml,
+    load_kind_recipe,
 )
 from r1lab.errors import UserError
 from r1lab.formats import SPECIAL_TOKEN
@@ -193,10 +193,5 @@ def build_sft_config(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) 
 
 def load_sft_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> SFTConfig:
     """Load an SFT recipe YAML (it must say `kind: sft`) with overrides applied."""
-    raw = load_yaml(path)
-    if "kind" not in raw:
-        raise UserError(
-            f"{path}: an SFT recipe starts with `kind: sft` (a recipe without `kind` is a GRPO "
-            "recipe: run it with `r1lab train`)"
-        )
+    raw = load_kind_recipe(path, "sft", "an SFT recipe")
     return build_sft_config(raw, overrides)
