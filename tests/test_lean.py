@@ -33,8 +33,8 @@ def reference_logits(model, rows: list[list[int]]) -> torch.Tensor:
         return torch.cat([model(input_ids=torch.tensor([r])).logits[:, -1] for r in rows])
 
 
-def lean_steps(model, n: int, continuations: list[list[int]], dtype=torch.float32):
-    """Prefill PROMPTS, then feed each row its continuation token by token; logits per step."""
+def prefill(model) -> tuple[DynamicCache, torch.Tensor]:
+    """The model's own cache of the left-padded PROMPTS, and their attention mask."""
     ids, mask = left_pad(PROMPTS, 0)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
@@ -45,6 +45,12 @@ def lean_steps(model, n: int, continuations: list[list[int]], dtype=torch.float3
             cache=cache,
             use_cache=True,
         )
+    return cache, mask
+
+
+def lean_steps(model, n: int, continuations: list[list[int]], dtype=torch.float32):
+    """Prefill PROMPTS, then feed each row its continuation token by token; logits per step."""
+    cache, mask = prefill(model)
     kv = KVBuffer(cache, mask, n, max_new_tokens=len(continuations[0]), dtype=dtype)
     decoder = LeanDecoder(model, dtype)
     position = mask.sum(-1).repeat_interleave(n)
@@ -70,16 +76,7 @@ def test_lean_logits_equal_the_model_forward_for_shared_left_padded_prompts(arch
 
 def test_rows_leave_the_batch_without_changing_the_others():
     model = peaked("llama")
-    ids, mask = left_pad(PROMPTS, 0)
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-        )
+    cache, mask = prefill(model)
     kv = KVBuffer(cache, mask, 2, max_new_tokens=3, dtype=torch.float32)
     decoder = LeanDecoder(model)
     position = mask.sum(-1).repeat_interleave(2)  # rows 0..5, prompts 0,0,1,1,2,2

@@ -292,22 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--samples", type=int, default=4)
-    p = add("train", cmd_train, "train with GRPO from a recipe")
-    with_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
-    p = add("sft", cmd_sft, "supervised fine-tuning (the cold start) from a `kind: sft` recipe")
-    with_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
-    p = add("sample", cmd_sample, "rejection sampling: keep correct, readable samples as SFT rows")
-    with_config(p)
-    p.add_argument("--resume", action="store_true", help="continue; finished prompts are kept")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
-    p = add("distill", cmd_distill, "sample a teacher, then fine-tune a student on its rows")
-    with_config(p)
-    p.add_argument("--resume", action="store_true", help="continue where it stopped")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    def resumable(p: argparse.ArgumentParser, resume_help: str) -> None:
+        """A recipe-running command: config, --set, --resume, --quiet."""
+        with_config(p)
+        p.add_argument("--resume", action="store_true", help=resume_help)
+        p.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    newest = "continue from the newest checkpoint"
+    resumable(add("train", cmd_train, "train with GRPO from a recipe"), newest)
+    sft_help = "supervised fine-tuning (the cold start) from a `kind: sft` recipe"
+    resumable(add("sft", cmd_sft, sft_help), newest)
+    sample_help = "rejection sampling: keep correct, readable samples as SFT rows"
+    resumable(add("sample", cmd_sample, sample_help), "continue; finished prompts are kept")
+    distill_help = "sample a teacher, then fine-tune a student on its rows"
+    resumable(add("distill", cmd_distill, distill_help), "continue where it stopped")
     p = add("zero", cmd_zero, f"R1-Zero: GRPO on the built-in model ({ZERO_RECIPE})")
     with_config(p, required=False)
     p.add_argument("--quiet", action="store_true")

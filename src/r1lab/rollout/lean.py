@@ -8,13 +8,14 @@ possible:
 
   - q/k/v and gate/up projections fused into one matmul each (weights concatenated once per
     `sync`, i.e. once per optimizer step);
-  - a preallocated key/value buffer `[A, Hkv, T_max, D]` written in place, so a step never
-    copies the cache;
-  - grouped-query attention as two batched matmuls over a view of that buffer.
+  - the prompts' keys/values kept once per prompt and read once per group of samples, and a
+    preallocated buffer for the generated tokens written in place, so a step never copies
+    the cache, not even when finished rows leave (see `KVBuffer`).
 
 The prompt prefill still goes through the model's own forward (one call, compute-bound) and
-its cache is copied into the buffer. `tests/test_rollout.py` checks the logits against the
-`transformers` forward and greedy decoding against `generate`, token for token.
+its cache becomes the buffer's prompt part. `tests/test_lean.py` checks the logits against
+the `transformers` forward; `tests/test_rollout.py` checks greedy decoding against `generate`,
+token for token.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ class LeanDecoder:
     """One-token decode steps for a Llama-family model, reading its weights (see module doc)."""
 
     def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
+        config = model.config
         self.model = model
         self.compute_dtype = dtype or next(model.parameters()).dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
         self.layers: list[dict[str, Any]] | None = None
 
     def release(self) -> None:
@@ -96,11 +102,7 @@ class LeanDecoder:
 
     def sync(self) -> None:
         """Re-read the weights (after an optimizer step); fused copies in the compute dtype."""
-        model, config, dtype = self.model, self.model.config, self.compute_dtype
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
+        model, dtype = self.model, self.compute_dtype
         layers = []
         with torch.no_grad():
             for layer in model.model.layers:

@@ -132,16 +132,14 @@ class PrefixEngine:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.keep_weights = keep_weights
         self.compute_dtype = compute_dtype or str(next(model.parameters()).dtype).split(".")[-1]
-        if lean and not supports(model):
+        self.decoder = None
+        if lean is not False and supports(model):
+            self.decoder = LeanDecoder(model, getattr(torch, self.compute_dtype))
+        elif lean:
             raise UserError(
                 f"the lean decode step does not support {type(model).__name__} "
                 f"(supported model types: {', '.join(SUPPORTED)}); leave `lean` unset"
             )
-        self.decoder = (
-            LeanDecoder(model, getattr(torch, self.compute_dtype))
-            if lean in (None, True) and supports(model)
-            else None
-        )
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
@@ -206,11 +204,9 @@ class PrefixEngine:
         eos = torch.tensor(self.eos_ids, device=logits.device)
         generators = None
         if params.seeds is not None:
-            generators = [
-                torch.Generator(logits.device).manual_seed(seed) for seed in params.seeds
-            ]
+            generators = [torch.Generator(logits.device).manual_seed(seed) for seed in params.seeds]
+        owners = torch.arange(len(alive), device=logits.device) // n  # [A] prompt of each row
         for step in range(params.max_new_tokens):
-            owners = torch.tensor([sample // n for sample in alive], device=logits.device)
             nxt = sample_next(logits, params, generators, owners)  # [A]
             hit_eos = torch.isin(nxt, eos).tolist()
             for row, (sample, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
@@ -225,7 +221,7 @@ class PrefixEngine:
             if len(keep) < len(alive) and state.drop_now(len(alive), len(alive) - len(keep)):
                 index = torch.tensor(keep, device=logits.device)
                 state.select(index)
-                nxt, position = nxt[index], position[index]
+                nxt, position, owners = nxt[index], position[index], owners[index]
                 alive = [alive[row] for row in keep]
             logits = state.step(nxt, position)
             position = position + 1
