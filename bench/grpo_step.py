@@ -61,7 +61,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
 
     raw = {
         "name": "bench_r1lab",
-        "model": {"spec": settings["model"], "dtype": "float32", "compute_dtype": dtype},
+        "model": {"spec": settings["model"], "compute_dtype": dtype,
+                  "dtype": "float32" if settings.get("weights") == "float32" else dtype},
         "task": TASK,
         "template": {"name": "r1_zero", "shots": 2, "shot_style": "brief"},
         "rewards": REWARDS,
@@ -189,7 +190,12 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
     steps = result["step_seconds"]
     label = side
     if side == "r1lab":
-        label += f" (micro {settings['micro']}{', ckpt' if settings['checkpointing'] else ''})"
+        notes = [f"micro {settings['micro']}"]
+        if settings["checkpointing"]:
+            notes.append("ckpt")
+        if settings.get("weights") == "float32" and dtype != "float32":
+            notes.append("fp32 weights")
+        label += f" ({', '.join(notes)})"
     result.update(side=side, label=label, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
                   tokens_per_s=sum(result["gen_tokens_per_s"]) / len(result["gen_tokens_per_s"]),
                   peak_rss_mb=peak_rss_mb())
@@ -205,6 +211,9 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=16, help="r1lab sequences per micro-batch")
     parser.add_argument("--checkpointing", action="store_true",
                         help="r1lab: recompute decoder layers in the backward pass (memory)")
+    parser.add_argument("--weights", choices=("compute", "float32"), default="compute",
+                        help="r1lab weights: in the compute dtype (bf16 weights, fp32 masters in "
+                        "the optimizer) or fp32 (autocast to the compute dtype)")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
     parser.add_argument("--plot", help="also write the time-breakdown chart here (PNG)")
     parser.add_argument("--merge", nargs="*", default=[],
@@ -220,7 +229,7 @@ def main() -> None:
     settings = {**DEFAULTS, **(SMOKE if args.smoke else {})}
     if args.steps:
         settings["steps"] = args.steps
-    settings.update(micro=args.micro, checkpointing=args.checkpointing)
+    settings.update(micro=args.micro, checkpointing=args.checkpointing, weights=args.weights)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):

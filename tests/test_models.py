@@ -47,9 +47,19 @@ def test_tiny_model_does_not_disturb_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_tiny_model_dtype():
+def test_tiny_model_dtype_casts_weights_and_keeps_rope_buffers_fp32():
     model, _ = load_model("tiny:qwen2", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_a_bf16_reference_keeps_the_policys_rope_frequencies():
+    from r1lab.train.grpo import make_reference
+
+    model, _ = load_model("tiny:llama")
+    ref = make_reference(model, "bfloat16")
+    assert next(ref.parameters()).dtype == torch.bfloat16
+    assert torch.equal(ref.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
 
 
 def test_tokenizer_pads_left_with_a_pad_token(tokenizer):

@@ -124,11 +124,13 @@ def test_prefix_equals_joined_rows_and_unpadded_sequences(family, name):
 @pytest.mark.parametrize("checkpoint_layers", [False, True])
 @pytest.mark.parametrize("name", ["groups", "subset"])
 def test_prefix_gradients_equal_joined_rows_gradients(name, checkpoint_layers):
-    model = tiny_model()
+    model = tiny_model().train()  # layers checkpoint only in training mode (no dropout here)
     case = make_case(*CASES[name], seed=7)
     ids, mask = joined_rows(case)
     tc = case["completion_ids"].shape[1]
     weights = torch.randn(case["completion_ids"].shape, generator=torch.Generator().manual_seed(1))
+    calls = []
+    model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))
 
     def grads(fn):
         model.zero_grad()
@@ -141,6 +143,8 @@ def test_prefix_gradients_equal_joined_rows_gradients(name, checkpoint_layers):
             model, case, with_entropy=True, chunk_size=4, checkpoint_layers=checkpoint_layers
         )
     )
+    # prompts and completions, each replayed in the backward pass when checkpointing
+    assert len(calls) == (4 if checkpoint_layers else 2)
     joined = grads(
         lambda: token_logprobs(model, ids, mask, logits_to_keep=tc, with_entropy=True, chunk_size=4)
     )

@@ -204,12 +204,23 @@ def test_resuming_a_finished_run_returns_at_once(finished):
 
 
 # ----------------------------------------------------------------------------- resume
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch):
+LEAN = (
+    "model.dtype=bfloat16",
+    "model.compute_dtype=bfloat16",
+    "grpo.activation_checkpointing=true",
+)
+
+
+@pytest.mark.parametrize("precision", [(), LEAN], ids=["fp32", "bf16-weights-fp32-masters"])
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(
+    tmp_path, monkeypatch, precision
+):
     # Everything that draws randomness or carries state across steps is on: sampling, two
-    # minibatches x two passes (the shuffling generator, AdamW moments), dynamic sampling
-    # (the prompt stream), a reference reset (saved ref weights), evaluation (a forked RNG),
-    # and a warmup + cosine schedule.
+    # minibatches x two passes (the shuffling generator, AdamW moments and, under bf16
+    # weights, the fp32 masters), dynamic sampling (the prompt stream), a reference reset
+    # (saved ref weights), evaluation (a forked RNG), and a warmup + cosine schedule.
     overrides = (
+        *precision,
         "train.steps=4",
         "grpo.mu=2",
         "grpo.minibatches=2",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # rewards are imported lazily (see check_references)
 @dataclass
 class ModelConfig:
     spec: str = DEFAULT_MODEL
-    dtype: str = "float32"  # weights and optimizer state
+    dtype: str = "float32"  # weights (bf16: fp32 master copies and moments in the optimizer)
     compute_dtype: str = "float32"  # "bfloat16": autocast the training forward/backward passes
     device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1"
 

@@ -3,7 +3,7 @@
 Why: with a 150k vocabulary, B*T = 64k rows of fp32 logits are 39 GB, and autograd keeps a
 log-softmax of the same size for the backward pass. Instead we run only the backbone to get
 hidden states [B, T, H], keep the rows whose next token is real (padding costs nothing), and
-push them through the LM head `chunk_size` rows at a time. Each chunk is wrapped in
+push them through the LM head a chunk of rows at a time. Each chunk is wrapped in
 activation checkpointing when gradients are on, so the backward pass recomputes one
 [chunk, V] block at a time instead of keeping every chunk's alive.
 
@@ -14,6 +14,7 @@ positions are shifted by the pad length and log-probs differ from the unpadded s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -24,6 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+CHUNK_LOGITS = 1 << 24  # logits per LM-head chunk (rows = this / vocabulary size)
+
 
 def token_logprobs(
     model: nn.Module,
@@ -31,7 +34,7 @@ def token_logprobs(
     attention_mask: Tensor,
     logits_to_keep: int | None = None,
     with_entropy: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     *,
     checkpoint_chunks: bool = True,
@@ -70,7 +73,7 @@ def prefix_logprobs(
     completion_ids: Tensor,
     completion_mask: Tensor,
     with_entropy: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     *,
     checkpoint_chunks: bool = True,
@@ -85,33 +88,36 @@ def prefix_logprobs(
     backward: gradients flow through the shared cache into the prompt's single computation.
     `completion_ids`/`completion_mask` [B, Tc] are right-padded; padded targets get 0.
 
-    `checkpoint_layers` keeps only each decoder layer's input for the completions (B * Tc
-    tokens, most of the batch) and recomputes the layer in the backward pass: activation
-    memory per completion token drops ~30x for one more forward of the completions.
+    `checkpoint_layers` keeps only each decoder layer's input (for the prompts and for the
+    completions) and recomputes the layer in the backward pass: activation memory per token
+    drops ~30x for one more forward.
     """
     decoder = _backbone(model)
     width = prompt_ids.shape[1]
+    checkpointing = checkpoint_layers and torch.is_grad_enabled()
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
-    cache = DynamicCache(config=model.config)
-    out = decoder(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    )
-    cache.reorder_cache(rows)  # every layer's K/V: [U, ...] -> [B, ...]
-    cache.__class__ = _ReadOnlyPrefix  # the completions read the prompts' K/V, never extend it
+    cache = _PromptCache(config=model.config)
+    with _layer_checkpointing(decoder, checkpointing):
+        out = decoder(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+    prefix = copy.copy(cache)  # the same layers; the prompt replay keeps `cache`'s update
+    prefix.__class__ = _ReadOnlyPrefix  # the completions read the prompts' K/V, never extend it
+    prefix.rows = rows
     last = out[0][:, -1].index_select(0, rows)  # [B, H], predicts completion token 0
     start = prompt_mask.long().sum(-1).index_select(0, rows)  # [B] true prompt lengths
     steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [Tc]
     mask = torch.cat([prompt_mask.index_select(0, rows), completion_mask.long()], dim=1)
-    with _layer_checkpointing(decoder, checkpoint_layers and torch.is_grad_enabled()):
+    with _layer_checkpointing(decoder, checkpointing):
         out = decoder(
             input_ids=completion_ids,
             attention_mask=mask,  # [B, Tp + Tc]
             position_ids=start[:, None] + steps,  # [B, Tc]
-            cache=cache,
+            cache=prefix,
             cache_position=width + steps,
             use_cache=True,
         )
@@ -128,17 +134,32 @@ def prefix_logprobs(
     )
 
 
-class _ReadOnlyPrefix(DynamicCache):
-    """A filled cache whose `update` returns prefix + new states and stores nothing.
+class _PromptCache(DynamicCache):
+    """Stores each layer's prompt K/V on first sight; a replay by activation checkpointing
+    (in the backward pass, when the completions are done with the cache) stores nothing."""
 
-    Reading instead of appending makes a layer's forward free of side effects, so it can be
-    replayed by activation checkpointing (and the completions' K/V are not kept twice).
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D102
+        if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
+            return key_states, value_states
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+class _ReadOnlyPrefix(DynamicCache):
+    """The prompts' K/V [U, ...], read by completion rows (`rows` [B]: each row's prompt).
+
+    `update` returns the row's prompt states + the new ones and stores nothing: a layer's
+    forward has no side effects, so activation checkpointing can replay it, and the
+    completions' K/V are not kept twice. The gather happens inside each layer, so the
+    backward pass folds a layer's [B, ...] prompt-K/V gradient back to [U, ...] at once
+    rather than holding all layers' until the prompt pass is reached.
     """
+
+    rows: Tensor
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D102
         layer = self.layers[layer_idx]
-        keys = torch.cat([layer.keys, key_states], dim=-2)
-        return keys, torch.cat([layer.values, value_states], dim=-2)
+        keys = torch.cat([layer.keys.index_select(0, self.rows), key_states], dim=-2)
+        return keys, torch.cat([layer.values.index_select(0, self.rows), value_states], dim=-2)
 
 
 @contextmanager
@@ -153,7 +174,7 @@ def _layer_checkpointing(decoder: nn.Module, enabled: bool) -> Iterator[None]:
     for layer in layers:
         layer.gradient_checkpointing = True
         layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
-        layer._can_checkpoint_with_cache = True  # our cache is read-only (_ReadOnlyPrefix)
+        layer._can_checkpoint_with_cache = True  # our caches are replay-safe (see above)
     try:
         yield
     finally:
@@ -177,20 +198,24 @@ def hidden_logprobs(
     targets: Tensor,
     valid: Tensor,
     with_entropy: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     checkpoint_chunks: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs of `targets` [B, K] from the hidden states that predict them [B, K, H].
 
     Only `valid` rows go through the LM head, `chunk_size` at a time, so neither padding nor
-    a [B, K, V] logits tensor ever costs memory.
+    a [B, K, V] logits tensor ever costs memory. By default a chunk holds CHUNK_LOGITS logits
+    (64 MB in fp32): few enough that the several [chunk, V] temporaries of a chunk stay small
+    next to the weights, many enough that the head's matmul runs at full speed.
     """
     batch, keep, width = hidden.shape
     rows = valid.reshape(-1).nonzero().squeeze(-1)  # [N] indices of real target tokens
     hidden_rows = hidden.reshape(-1, width).index_select(0, rows)  # [N, H]
     target_rows = targets.reshape(-1).index_select(0, rows)  # [N]
     head = model.get_output_embeddings()
+    if chunk_size is None:
+        chunk_size = max(16, CHUNK_LOGITS // head.weight.shape[0])
     if _plain_head(model, head):
         logp, entropy = _FusedHeadLogprobs.apply(
             hidden_rows, head.weight, target_rows, temperature, chunk_size, with_entropy

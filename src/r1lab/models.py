@@ -271,6 +271,20 @@ def tiny_classifier(arch: str, vocab_size: int, num_labels: int = 1, seed: int =
     )
 
 
+def cast_parameters(model: Any, dtype: Any) -> Any:
+    """`model` with its floating-point weights in `dtype` and its buffers as they were.
+
+    `model.to(dtype)` would also round buffers such as RoPE's fp32 `inv_freq`, shifting every
+    position's rotation: a bf16 copy of a policy would then disagree with the policy (and
+    with the same checkpoint loaded by `from_pretrained`, which keeps them fp32).
+    """
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None and param.is_floating_point():
+                param.data = param.data.to(dtype)
+    return model
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, Any]:
     """Load (model, tokenizer) for any spec; the model is in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM
@@ -279,7 +293,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, 
     tokenizer = load_tokenizer(spec)  # converts a built-in/GGUF model first, with its progress
     quiet_progress_bars()
     if spec.startswith("tiny:"):
-        model = tiny_model(spec.split(":", 1)[1], len(tokenizer)).to(torch_dtype)
+        model = cast_parameters(tiny_model(spec.split(":", 1)[1], len(tokenizer)), torch_dtype)
     else:
         source = resolve_dir(spec)
         try:
@@ -307,7 +321,7 @@ def load_reward_model(spec: str, dtype: str = "float32") -> tuple[Any, Any]:
     tokenizer.padding_side = "right"
     quiet_progress_bars()
     if spec.startswith("tiny:"):
-        model = tiny_classifier(spec.split(":", 1)[1], len(tokenizer)).to(torch_dtype)
+        model = cast_parameters(tiny_classifier(spec.split(":", 1)[1], len(tokenizer)), torch_dtype)
     else:
         source = resolve_dir(spec)
         try:

@@ -11,6 +11,7 @@ import torch
 
 from r1lab.config import OptimConfig
 from r1lab.errors import UserError
+from r1lab.train.master import HALF, MasterAdamW
 from r1lab.types import Example
 
 
@@ -36,10 +37,10 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 def build_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; for bf16/fp16 weights one that keeps fp32 master weights (see train/master.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
-    )
+    kind = MasterAdamW if any(p.dtype in HALF for p in params) else torch.optim.AdamW
+    return kind(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
 
 class PromptStream:

@@ -34,6 +34,7 @@ from r1lab.algos import (
 )
 from r1lab.config import Config
 from r1lab.logprobs import prefix_logprobs
+from r1lab.models import cast_parameters
 from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
 from r1lab.rollout.base import Generation, RolloutEngine, SamplingParams
 from r1lab.rollout.hf import left_pad
@@ -276,7 +277,7 @@ def make_reference(model: Any, compute_dtype: str = "float32") -> Any:
     """
     ref = copy.deepcopy(model)
     if compute_dtype != "float32":
-        ref.to(getattr(torch, compute_dtype))
+        cast_parameters(ref, getattr(torch, compute_dtype))
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
