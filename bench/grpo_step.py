@@ -11,8 +11,11 @@ warm-up and is not counted.
     pip install -e ".[bench]"                 # TRL, only for this script
     python bench/grpo_step.py                 # 4 prompts x 8 samples, 128 new tokens, fp32 + bf16
     python bench/grpo_step.py --smoke         # tiny model, a few tokens: seconds (CI)
+    python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt
+                                              # several r1lab configurations against one TRL run
 
-Prints seconds per step, generation tokens/s and peak RSS for each side, the ratios, and writes
+Prints seconds per step, generation tokens/s, generated tokens per step (a step's time depends
+on how long the sampled completions are) and peak RSS for each side, the ratios, and writes
 bench/results/grpo_step.json.
 """
 
@@ -82,6 +85,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
     return {
         "step_seconds": [r["step_seconds"] for r in rows],
         "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows],
+        "tokens_per_step": sum(r["completion_len_mean"] for r in rows) / len(rows)
+        * settings["prompts"] * settings["group"],
         "breakdown": {p: sum(r[f"time/{p}"] for r in rows) / len(rows) for p in parts},
     }
 
@@ -172,6 +177,7 @@ def run_trl(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
     scoring = sum(timer.scoring[1:]) / counted
     return {
         "step_seconds": step_times[1:],
+        "tokens_per_step": sum(timer.tokens[1:]) / counted,
         "gen_tokens_per_s": [t / s for t, s in zip(timer.tokens[1:], timer.seconds[1:],
                                                    strict=True)],
         "breakdown": {"generate": generate, "logprobs": scoring - generate,
@@ -214,6 +220,10 @@ def main() -> None:
     parser.add_argument("--weights", choices=("compute", "float32"), default="compute",
                         help="r1lab weights: in the compute dtype (bf16 weights, fp32 masters in "
                         "the optimizer) or fp32 (autocast to the compute dtype)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="an r1lab configuration to run (repeatable), e.g. 'micro=8,ckpt' "
+                        "or 'micro=16,fp32-weights,dtype=bfloat16'; default: the one "
+                        "--micro/--checkpointing/--weights describe")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
     parser.add_argument("--plot", help="also write the time-breakdown chart here (PNG)")
     parser.add_argument("--merge", nargs="*", default=[],
@@ -230,13 +240,18 @@ def main() -> None:
     if args.steps:
         settings["steps"] = args.steps
     settings.update(micro=args.micro, checkpointing=args.checkpointing, weights=args.weights)
+    variants = [parse_variant(v) for v in args.variant] or [{}]
+    runs = [(side, variant) for side in args.sides.split(",")
+            for variant in (variants if side == "r1lab" else [{}])]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):
-            for side in args.sides.split(","):
-                path = Path(tmp) / f"{side}_{dtype}.json"
+            for i, (side, variant) in enumerate(runs):
+                if variant.get("only_dtype", dtype) != dtype:
+                    continue
+                path = Path(tmp) / f"{side}_{dtype}_{i}.json"
                 cmd = [sys.executable, __file__, "--child", side, dtype, str(path),
-                       "--settings", json.dumps(settings)]
+                       "--settings", json.dumps({**settings, **variant})]
                 subprocess.run(cmd, check=True)
                 results.append(json.loads(path.read_text()))
     for earlier in args.merge:  # e.g. TRL measured in one run, r1lab in the next
@@ -245,10 +260,11 @@ def main() -> None:
               "ratios": ratios(results)}
     for r in results:
         label = r.get("label", r["side"])
-        print(f"{label:>26} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
-              f"{r['tokens_per_s']:7.1f} gen tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB")
+        print(f"{label:>32} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
+              f"{r['tokens_per_s']:7.1f} gen tok/s  {r.get('tokens_per_step', 0):6.0f} tokens/step"
+              f"  peak RSS {r['peak_rss_mb']:7.0f} MB")
     for key, ratio in report["ratios"].items():
-        print(f"{key} / TRL: time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
+        print(f"{key}: time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
               f"generation speed {ratio['gen_speed']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,14 +303,38 @@ def plot_breakdown(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def parse_variant(text: str) -> dict[str, Any]:
+    """'micro=8,ckpt,fp32-weights' -> the r1lab settings it overrides ('dtype=bfloat16': run
+    this variant at that dtype only)."""
+    out: dict[str, Any] = {"checkpointing": False, "weights": "compute"}
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        if token.startswith("micro="):
+            out["micro"] = int(token.split("=", 1)[1])
+        elif token == "ckpt":
+            out["checkpointing"] = True
+        elif token == "fp32-weights":
+            out["weights"] = "float32"
+        elif token.startswith("dtype="):
+            out["only_dtype"] = token.split("=", 1)[1]
+        else:
+            raise SystemExit(f"unknown variant token {token!r}: use micro=N, ckpt, fp32-weights, "
+                             "dtype=D")
+    return out
+
+
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """r1lab over TRL at each dtype where both ran (time and RSS: lower is better)."""
+    """Each r1lab run over TRL at its dtype and over TRL's default fp32 (lower is better for
+    time and RSS)."""
     trl = {r["dtype"]: r for r in results if r["side"] == "trl"}
     out = {}
     for ours in results:
-        theirs = trl.get(ours["dtype"])
-        if ours["side"] == "r1lab" and theirs:
-            key = f"{ours.get('label', 'r1lab')} {ours['dtype']}"
+        if ours["side"] != "r1lab":
+            continue
+        for dtype in dict.fromkeys((ours["dtype"], "float32")):
+            theirs = trl.get(dtype)
+            if theirs is None:
+                continue
+            key = f"{ours.get('label', 'r1lab')} {ours['dtype']} vs TRL {dtype}"
             out[key] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
                           "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
                           "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}

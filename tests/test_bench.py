@@ -34,10 +34,15 @@ def test_rollout_bench_reports_both_engines_and_their_ratio(tmp_path):
 def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path):
     pytest.importorskip("trl")
     out, plot = tmp_path / "step.json", tmp_path / "breakdown.png"
-    run("grpo_step.py", "--out", str(out), "--dtypes", "float32", "--plot", str(plot))
+    run("grpo_step.py", "--out", str(out), "--dtypes", "float32", "--plot", str(plot),
+        "--variant", "micro=4", "--variant", "micro=2,ckpt")
     report = json.loads(out.read_text())
-    assert {r["side"] for r in report["results"]} == {"trl", "r1lab"}
+    assert [r["side"] for r in report["results"]] == ["trl", "r1lab", "r1lab"]
     for r in report["results"]:
         assert r["seconds_per_step"] > 0 and r["peak_rss_mb"] > 0 and r["breakdown"]["generate"] > 0
-    assert set(report["ratios"]) == {"r1lab (micro 16) float32"}
+        assert r["tokens_per_step"] > 0
+    assert set(report["ratios"]) == {
+        "r1lab (micro 4) float32 vs TRL float32",
+        "r1lab (micro 2, ckpt) float32 vs TRL float32",
+    }
     assert plot.stat().st_size > 0
