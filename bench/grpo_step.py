@@ -65,7 +65,7 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
     raw = {
         "name": "bench_r1lab",
         "model": {"spec": settings["model"], "compute_dtype": dtype,
-                  "dtype": "float32" if settings.get("weights") == "float32" else dtype},
+                  "dtype": "float32" if settings["weights"] == "float32" else dtype},
         "task": TASK,
         "template": {"name": "r1_zero", "shots": 2, "shot_style": "brief"},
         "rewards": REWARDS,
@@ -73,8 +73,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
         "grpo": {"preset": "grpo", "batch_size": settings["prompts"] * settings["group"],
                  "group_size": settings["group"],
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
-                 "clip_high": 0.2, "micro_batch_size": settings.get("micro", 16),
-                 "activation_checkpointing": settings.get("checkpointing", False)},
+                 "clip_high": 0.2, "micro_batch_size": settings["micro"],
+                 "activation_checkpointing": settings["checkpointing"]},
         "optim": {"lr": settings["lr"], "warmup_steps": 0},
         "eval": {"every": 0, "size": 0},
         "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
@@ -199,7 +199,7 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
         notes = [f"micro {settings['micro']}"]
         if settings["checkpointing"]:
             notes.append("ckpt")
-        if settings.get("weights") == "float32" and dtype != "float32":
+        if settings["weights"] == "float32" and dtype != "float32":
             notes.append("fp32 weights")
         label += f" ({', '.join(notes)})"
     result.update(side=side, label=label, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
@@ -214,16 +214,12 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, help="steps per side (the first is warm-up)")
     parser.add_argument("--sides", default="trl,r1lab")
-    parser.add_argument("--micro", type=int, default=16, help="r1lab sequences per micro-batch")
-    parser.add_argument("--checkpointing", action="store_true",
-                        help="r1lab: recompute decoder layers in the backward pass (memory)")
-    parser.add_argument("--weights", choices=("compute", "float32"), default="compute",
-                        help="r1lab weights: in the compute dtype (bf16 weights, fp32 masters in "
-                        "the optimizer) or fp32 (autocast to the compute dtype)")
     parser.add_argument("--variant", action="append", default=[],
                         help="an r1lab configuration to run (repeatable), e.g. 'micro=8,ckpt' "
-                        "or 'micro=16,fp32-weights,dtype=bfloat16'; default: the one "
-                        "--micro/--checkpointing/--weights describe")
+                        "or 'micro=16,fp32-weights,dtype=bfloat16' (micro: sequences per "
+                        "micro-batch, default 16; ckpt: activation checkpointing; fp32-weights: "
+                        "autocast over fp32 weights instead of weights in the compute dtype); "
+                        "default: micro=16")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
     parser.add_argument("--plot", help="also write the time-breakdown chart here (PNG)")
     parser.add_argument("--merge", nargs="*", default=[],
@@ -239,8 +235,7 @@ def main() -> None:
     settings = {**DEFAULTS, **(SMOKE if args.smoke else {})}
     if args.steps:
         settings["steps"] = args.steps
-    settings.update(micro=args.micro, checkpointing=args.checkpointing, weights=args.weights)
-    variants = [parse_variant(v) for v in args.variant] or [{}]
+    variants = [parse_variant(v) for v in args.variant or ["micro=16"]]
     runs = [(side, variant) for side in args.sides.split(",")
             for variant in (variants if side == "r1lab" else [{}])]
     results = []
@@ -306,7 +301,7 @@ def plot_breakdown(results: list[dict[str, Any]], path: Path) -> None:
 def parse_variant(text: str) -> dict[str, Any]:
     """'micro=8,ckpt,fp32-weights' -> the r1lab settings it overrides ('dtype=bfloat16': run
     this variant at that dtype only)."""
-    out: dict[str, Any] = {"checkpointing": False, "weights": "compute"}
+    out: dict[str, Any] = {"micro": 16, "checkpointing": False, "weights": "compute"}
     for token in filter(None, (t.strip() for t in text.split(","))):
         if token.startswith("micro="):
             out["micro"] = int(token.split("=", 1)[1])

@@ -94,10 +94,9 @@ def prefix_logprobs(
     """
     decoder = _backbone(model)
     width = prompt_ids.shape[1]
-    checkpointing = checkpoint_layers and torch.is_grad_enabled()
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
     cache = _PromptCache(config=model.config)
-    with _layer_checkpointing(decoder, checkpointing):
+    with _layer_checkpointing(decoder, checkpoint_layers and torch.is_grad_enabled()):
         out = decoder(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -105,14 +104,13 @@ def prefix_logprobs(
             cache=cache,
             use_cache=True,
         )
-    prefix = copy.copy(cache)  # the same layers; the prompt replay keeps `cache`'s update
-    prefix.__class__ = _ReadOnlyPrefix  # the completions read the prompts' K/V, never extend it
-    prefix.rows = rows
-    last = out[0][:, -1].index_select(0, rows)  # [B, H], predicts completion token 0
-    start = prompt_mask.long().sum(-1).index_select(0, rows)  # [B] true prompt lengths
-    steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [Tc]
-    mask = torch.cat([prompt_mask.index_select(0, rows), completion_mask.long()], dim=1)
-    with _layer_checkpointing(decoder, checkpointing):
+        prefix = copy.copy(cache)  # the same layers; the prompt replay keeps `cache`'s update
+        prefix.__class__ = _ReadOnlyPrefix  # completions read the prompts' K/V, never extend it
+        prefix.rows = rows
+        last = out[0][:, -1].index_select(0, rows)  # [B, H], predicts completion token 0
+        start = prompt_mask.long().sum(-1).index_select(0, rows)  # [B] true prompt lengths
+        steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [Tc]
+        mask = torch.cat([prompt_mask.index_select(0, rows), completion_mask.long()], dim=1)
         out = decoder(
             input_ids=completion_ids,
             attention_mask=mask,  # [B, Tp + Tc]
