@@ -11,7 +11,7 @@ warm-up and is not counted.
     pip install -e ".[bench]"                 # TRL, only for this script
     python bench/grpo_step.py                 # 4 prompts x 8 samples, 128 new tokens, fp32 + bf16
     python bench/grpo_step.py --smoke         # tiny model, a few tokens: seconds (CI)
-    python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt
+    python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt,offload
                                               # several r1lab configurations against one TRL run
 
 Prints seconds per step, generation tokens/s, generated tokens per step (a step's time depends
@@ -74,7 +74,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
                  "group_size": settings["group"],
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
                  "clip_high": 0.2, "micro_batch_size": settings["micro"],
-                 "activation_checkpointing": settings["checkpointing"]},
+                 "activation_checkpointing": settings["checkpointing"],
+                 "offload_reference": settings.get("offload", False)},
         "optim": {"lr": settings["lr"], "warmup_steps": 0},
         "eval": {"every": 0, "size": 0},
         "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
@@ -199,6 +200,8 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
         notes = [f"micro {settings['micro']}"]
         if settings["checkpointing"]:
             notes.append("ckpt")
+        if settings.get("offload"):
+            notes.append("ref offload")
         if settings["weights"] == "float32" and dtype != "float32":
             notes.append("fp32 weights")
         label += f" ({', '.join(notes)})"
@@ -213,11 +216,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, help="steps per side (the first is warm-up)")
-    parser.add_argument("--sides", default="trl,r1lab")
+    parser.add_argument("--sides", default="trl,r1lab",
+                        help="which sides to run; '' with --merge only combines earlier results")
     parser.add_argument("--variant", action="append", default=[],
                         help="an r1lab configuration to run (repeatable), e.g. 'micro=8,ckpt' "
                         "or 'micro=16,fp32-weights,dtype=bfloat16' (micro: sequences per "
-                        "micro-batch, default 16; ckpt: activation checkpointing; fp32-weights: "
+                        "micro-batch, default 16; ckpt: activation checkpointing; offload: the "
+                        "reference's weights in a memory-mapped file; fp32-weights: "
                         "autocast over fp32 weights instead of weights in the compute dtype); "
                         "default: micro=16")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
@@ -236,7 +241,7 @@ def main() -> None:
     if args.steps:
         settings["steps"] = args.steps
     variants = [parse_variant(v) for v in args.variant or ["micro=16"]]
-    runs = [(side, variant) for side in args.sides.split(",")
+    runs = [(side, variant) for side in filter(None, args.sides.split(","))
             for variant in (variants if side == "r1lab" else [{}])]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,7 +264,8 @@ def main() -> None:
               f"{r['tokens_per_s']:7.1f} gen tok/s  {r.get('tokens_per_step', 0):6.0f} tokens/step"
               f"  peak RSS {r['peak_rss_mb']:7.0f} MB")
     for key, ratio in report["ratios"].items():
-        print(f"{key}: time {ratio['time']:.2f}x, peak RSS {ratio['rss']:.2f}x, "
+        print(f"{key}: time {ratio['time']:.2f}x (per generated token "
+              f"{ratio['time_per_token']:.2f}x), peak RSS {ratio['rss']:.2f}x, "
               f"generation speed {ratio['gen_speed']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -307,19 +313,27 @@ def parse_variant(text: str) -> dict[str, Any]:
             out["micro"] = int(token.split("=", 1)[1])
         elif token == "ckpt":
             out["checkpointing"] = True
+        elif token == "offload":
+            out["offload"] = True
         elif token == "fp32-weights":
             out["weights"] = "float32"
         elif token.startswith("dtype="):
             out["only_dtype"] = token.split("=", 1)[1]
         else:
-            raise SystemExit(f"unknown variant token {token!r}: use micro=N, ckpt, fp32-weights, "
-                             "dtype=D")
+            raise SystemExit(f"unknown variant token {token!r}: use micro=N, ckpt, offload, "
+                             "fp32-weights, dtype=D")
     return out
+
+
+def per_token(result: dict[str, Any]) -> float:
+    """Seconds of a step per generated token: a step's time grows with how long its sampled
+    completions ran, which differs from side to side even on the same prompts."""
+    return result["seconds_per_step"] / max(result.get("tokens_per_step", 0.0), 1.0)
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Each r1lab run over TRL at its dtype and over TRL's default fp32 (lower is better for
-    time and RSS)."""
+    time, time per generated token and RSS)."""
     trl = {r["dtype"]: r for r in results if r["side"] == "trl"}
     out = {}
     for ours in results:
@@ -331,8 +345,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 continue
             key = f"{ours.get('label', 'r1lab')} {ours['dtype']} vs TRL {dtype}"
             out[key] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
-                          "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
-                          "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
+                        "time_per_token": per_token(ours) / per_token(theirs),
+                        "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+                        "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
     return out
 
 

@@ -208,6 +208,7 @@ LEAN = (
     "model.dtype=bfloat16",
     "model.compute_dtype=bfloat16",
     "grpo.activation_checkpointing=true",
+    "grpo.offload_reference=true",
 )
 
 
@@ -360,6 +361,24 @@ def test_reference_reset_brings_the_kl_back_to_zero(tmp_path):
     assert kl[1] > 1e-4  # the policy moved away
     assert kl[2] == pytest.approx(0.0, abs=1e-7)  # reset after step 2: reference = policy
     assert kl[3] > 1e-4
+
+
+def test_offloaded_reference_trains_exactly_like_a_resident_one(tmp_path):
+    # a reset writes the policy's weights into the mapped reference: they must be what the
+    # next steps read after the pages were dropped
+    overrides = ("train.steps=4", "grpo.ref_reset_every=2", "eval.every=0", "eval.size=0")
+    resident = train(make_config(tmp_path, *overrides, name="resident"), progress=False)
+    config = make_config(tmp_path, *overrides, "grpo.offload_reference=true", name="offloaded")
+    offloaded = train(config, progress=False)
+
+    def comparable(run_dir):
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")}
+                for r in step_rows(run_dir)]
+
+    assert comparable(offloaded) == comparable(resident)
+    assert [r["kl"] > 1e-4 for r in step_rows(offloaded)] == [False, True, False, True]
+    assert same_weights(weights(resident / "final"), weights(offloaded / "final"))
+    assert not list(offloaded.glob(".weights-*"))
 
 
 def test_a_step_without_any_signal_makes_no_update_and_still_logs_every_key(tmp_path):

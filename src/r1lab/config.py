@@ -126,6 +126,10 @@ class GRPOConfig:
     # recompute each decoder layer in the backward pass instead of keeping its activations:
     # far less memory per completion token, one more forward of the completions
     activation_checkpointing: bool = False
+    # keep the frozen reference in a memory-mapped file in the run directory and drop its
+    # pages after each step's reference pass: its weights leave the resident set for the
+    # policy's forward/backward and the optimizer, for a re-read from the page cache per step
+    offload_reference: bool = False
     beta: float = 0.001
     kl: str = "k3"
     clip_low: float = 0.2

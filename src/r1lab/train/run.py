@@ -26,6 +26,7 @@ from r1lab.checkpoint import (
 from r1lab.config import Config, dump_config
 from r1lab.errors import UserError
 from r1lab.evaluate import sample_and_grade, summarize
+from r1lab.memory import DiskBackedWeights, release_free_memory, supported
 from r1lab.models import compute_context, load_model, pick_device
 from r1lab.rewards import count_reflections, format_ok
 from r1lab.rollout import SamplingParams, make_engine
@@ -161,13 +162,17 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     state = load_state(checkpoint) if checkpoint else None
     model, tokenizer = load_model(str(checkpoint or config.model.spec), config.model.dtype)
     model.to(pick_device(config.model.device))
-    ref = None
+    ref, offloaded = None, None
     if config.grpo.beta > 0:
         # pi_ref is the initial policy, or the policy at the last reset (saved with the state).
         initial = model if state is None else load_model(config.model.spec, config.model.dtype)[0]
         ref = make_reference(initial.to(model.device), config.model.compute_dtype)
         if state is not None and "ref" in state:
             ref.load_state_dict(state["ref"])
+        if config.grpo.offload_reference:
+            if not supported():
+                raise UserError("grpo.offload_reference needs Linux (mmap, madvise); set it false")
+            offloaded = DiskBackedWeights(ref, run_dir)
     optimizer = build_optimizer(model, config.optim)
     stream = PromptStream(train_examples, config.train.seed)
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -214,6 +219,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             out = rollout_step(config, engine, task, stream.take, tokenizer, shots)
+            release_free_memory()  # the generation's caches
             opt: dict[str, float] = {"updates": 0.0, "skipped_updates": 0.0}
             if out["groups"]:
                 with compute_context(config.model.compute_dtype, model.device):
@@ -222,6 +228,9 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
                         model, ref, out["groups"], out["rewards"], config, tokenizer.pad_token_id
                     )
                     logprob_seconds = time.perf_counter() - began_batch
+                    if offloaded is not None:
+                        offloaded.release()
+                    release_free_memory()
                     opt = optimize(model, optimizer, batch, config, generator)
                     opt["time/logprobs"] = logprob_seconds
             began_sync = time.perf_counter()
@@ -235,6 +244,8 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             ):
                 ref.load_state_dict(model.state_dict())
                 ref_reset = True
+                if offloaded is not None:
+                    offloaded.release()
             row = {
                 "step": step,
                 **_step_metrics(config, task, out, opt),
