@@ -49,9 +49,11 @@ def test_writes_to_disk_backed_weights_survive_a_release(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_disk_backed_weights_refuse_a_trainable_module(tmp_path):
+def test_disk_backed_weights_refuse_a_trainable_or_non_cpu_module(tmp_path):
     with pytest.raises(ValueError, match="frozen"):
         DiskBackedWeights(tiny_model("llama", 512), tmp_path)
+    with pytest.raises(ValueError, match="CPU"):
+        DiskBackedWeights(frozen_tiny().to("meta"), tmp_path)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")

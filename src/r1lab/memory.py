@@ -71,6 +71,8 @@ class DiskBackedWeights:
         params = list(module.parameters())  # a tied weight is one Parameter, listed once
         if any(p.requires_grad for p in params):
             raise ValueError("DiskBackedWeights holds frozen modules only (requires_grad=False)")
+        if any(p.device.type != "cpu" for p in params):
+            raise ValueError("DiskBackedWeights maps weights into CPU memory: move the module")
         offsets, size = [], 0
         for p in params:
             size = -(-size // 64) * 64  # 64-byte aligned views for every dtype

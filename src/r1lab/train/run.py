@@ -170,8 +170,11 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
         if state is not None and "ref" in state:
             ref.load_state_dict(state["ref"])
         if config.grpo.offload_reference:
-            if not supported():
-                raise UserError("grpo.offload_reference needs Linux (mmap, madvise); set it false")
+            if not supported() or model.device.type != "cpu":
+                raise UserError(
+                    "grpo.offload_reference maps the reference's weights to a file in CPU "
+                    "memory: it needs Linux and a CPU run; set it false"
+                )
             offloaded = DiskBackedWeights(ref, run_dir)
     optimizer = build_optimizer(model, config.optim)
     stream = PromptStream(train_examples, config.train.seed)
