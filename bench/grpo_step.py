@@ -75,7 +75,7 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
                  "clip_high": 0.2, "micro_batch_size": settings["micro"],
                  "activation_checkpointing": settings["checkpointing"],
-                 "offload_reference": settings.get("offload", False)},
+                 "offload_reference": settings["offload"]},
         "optim": {"lr": settings["lr"], "warmup_steps": 0},
         "eval": {"every": 0, "size": 0},
         "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
@@ -200,7 +200,7 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
         notes = [f"micro {settings['micro']}"]
         if settings["checkpointing"]:
             notes.append("ckpt")
-        if settings.get("offload"):
+        if settings["offload"]:
             notes.append("ref offload")
         if settings["weights"] == "float32" and dtype != "float32":
             notes.append("fp32 weights")
@@ -307,7 +307,8 @@ def plot_breakdown(results: list[dict[str, Any]], path: Path) -> None:
 def parse_variant(text: str) -> dict[str, Any]:
     """'micro=8,ckpt,fp32-weights' -> the r1lab settings it overrides ('dtype=bfloat16': run
     this variant at that dtype only)."""
-    out: dict[str, Any] = {"micro": 16, "checkpointing": False, "weights": "compute"}
+    out: dict[str, Any] = {"micro": 16, "checkpointing": False, "offload": False,
+                           "weights": "compute"}
     for token in filter(None, (t.strip() for t in text.split(","))):
         if token.startswith("micro="):
             out["micro"] = int(token.split("=", 1)[1])
