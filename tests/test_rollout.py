@@ -11,7 +11,7 @@ import torch
 
 from r1lab.models import tiny_model
 from r1lab.rollout import SamplingParams, make_engine
-from r1lab.rollout.prefix import sample_next
+from r1lab.rollout.prefix import inverse_cdf, sample_next
 from r1lab.templates import Prompt
 
 QUESTIONS = ["What is 3 + 4?", "Hi", "Compute 12 * 7 - 5, then add 19 to it, and say why."]
@@ -148,6 +148,12 @@ def test_greedy_top_k_1_and_tiny_top_p_are_argmax():
     assert torch.equal(sample_next(logits, SamplingParams(temperature=0.0)), argmax)
     assert torch.equal(sample_next(logits, SamplingParams(temperature=1.0, top_k=1)), argmax)
     assert torch.equal(sample_next(logits, SamplingParams(temperature=1.5, top_p=1e-6)), argmax)
+
+
+def test_masked_tokens_are_never_drawn_at_either_end_of_the_uniform_range():
+    probs = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0, 0.0]] * 2)  # top-k/top-p zeroed the rest
+    uniform = torch.tensor([0.0, 1.0 - 2.0**-53], dtype=torch.float64)  # torch.rand's extremes
+    assert inverse_cdf(probs, uniform).tolist() == [1, 3]
 
 
 # 99.9% quantile of chi-square with 5 dof is 20.5: a right sampler fails this 1 time in 1000,

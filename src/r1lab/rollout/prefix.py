@@ -53,12 +53,27 @@ def sample_next(
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)  # [A, V]
     if generators is None or owners is None:
-        return torch.multinomial(probs, 1).squeeze(-1)  # [A]
-    out = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+        return inverse_cdf(probs, torch.rand(len(probs), dtype=torch.float64, device=probs.device))
+    uniform = torch.empty(len(probs), dtype=torch.float64, device=probs.device)
     for prompt in owners.unique().tolist():
         rows = (owners == prompt).nonzero().squeeze(-1)
-        out[rows] = torch.multinomial(probs[rows], 1, generator=generators[prompt]).squeeze(-1)
-    return out  # [A]
+        uniform[rows] = torch.rand(
+            len(rows), dtype=torch.float64, device=probs.device, generator=generators[prompt]
+        )
+    return inverse_cdf(probs, uniform)
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One draw per row of `probs` [A, V] from one uniform in [0, 1) per row.
+
+    `torch.multinomial` draws V exponentials per row (~30 ms for 32 x 49k on a CPU core, 15%
+    of a whole fp32 rollout); a float64 running sum and a binary search need one number per row.
+    The target `u * total` stays below `total` (u <= 1 - 2**-53 rounds down), so the first
+    running sum above it belongs to a token with mass: masked tokens are never drawn.
+    """
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # [A, V]
+    target = uniform[:, None] * cdf[:, -1:]  # [A, 1]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [A]
 
 
 class _HFDecode:
