@@ -12,7 +12,7 @@ from r1lab.errors import UserError
 from r1lab.models import tiny_model
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.rollout.hf import left_pad
-from r1lab.rollout.lean import KVBuffer, LeanDecoder, packed_linear_available, supports
+from r1lab.rollout.lean import KVBuffer, LeanDecoder, cpu_kernels_available, supports
 from r1lab.templates import Prompt
 
 PROMPTS = [[5, 9, 2, 7, 11, 3], [4, 8], [12, 6, 6, 1]]
@@ -48,11 +48,11 @@ def prefill(model) -> tuple[DynamicCache, torch.Tensor]:
     return cache, mask
 
 
-def lean_steps(model, n: int, continuations: list[list[int]], dtype=torch.float32, packed=None):
+def lean_steps(model, n, continuations, dtype=torch.float32, cpu_kernels=None):
     """Prefill PROMPTS, then feed each row its continuation token by token; logits per step."""
     cache, mask = prefill(model)
     kv = KVBuffer(cache, mask, n, max_new_tokens=len(continuations[0]), dtype=dtype)
-    decoder = LeanDecoder(model, dtype, packed=packed)
+    decoder = LeanDecoder(model, dtype, cpu_kernels=cpu_kernels)
     position = mask.sum(-1).repeat_interleave(n)
     out = []
     for t in range(len(continuations[0])):
@@ -61,23 +61,23 @@ def lean_steps(model, n: int, continuations: list[list[int]], dtype=torch.float3
     return out
 
 
-PACKINGS = [
-    pytest.param(True, id="onednn-prepacked"),
-    pytest.param(False, id="plain-linear"),
+KERNELS = [
+    pytest.param(True, id="cpu-kernels"),  # oneDNN prepacked linears, flash attention
+    pytest.param(False, id="plain-ops"),  # what runs on other devices
 ]
 
 
-@pytest.mark.parametrize("packed", PACKINGS)
+@pytest.mark.parametrize("cpu_kernels", KERNELS)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_lean_logits_equal_the_model_forward_for_shared_left_padded_prompts(arch, packed):
+def test_lean_logits_equal_the_model_forward_for_shared_left_padded_prompts(arch, cpu_kernels):
     model = peaked(arch)
     assert supports(model)
-    if packed and not packed_linear_available(model):
-        pytest.skip("this torch build has no oneDNN prepacked linear")
+    if cpu_kernels and not cpu_kernels_available(model):
+        pytest.skip("this torch build lacks the CPU kernels")
     n = 2
     gen = torch.Generator().manual_seed(0)
     continuations = torch.randint(1, 64, (len(PROMPTS) * n, 4), generator=gen).tolist()
-    steps = lean_steps(model, n, continuations, packed=packed)
+    steps = lean_steps(model, n, continuations, cpu_kernels=cpu_kernels)
     for t, logits in enumerate(steps):
         rows = [PROMPTS[i // n] + continuations[i][: t + 1] for i in range(len(continuations))]
         torch.testing.assert_close(logits, reference_logits(model, rows), rtol=1e-4, atol=1e-4)
@@ -97,14 +97,14 @@ def test_rows_leave_the_batch_without_changing_the_others():
     torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("packed", PACKINGS)
-def test_bf16_compute_stays_within_bf16_tolerance(packed):
+@pytest.mark.parametrize("cpu_kernels", KERNELS)
+def test_bf16_compute_stays_within_bf16_tolerance(cpu_kernels):
     model = peaked("llama")
-    if packed and not packed_linear_available(model):
-        pytest.skip("this torch build has no oneDNN prepacked linear")
+    if cpu_kernels and not cpu_kernels_available(model):
+        pytest.skip("this torch build lacks the CPU kernels")
     continuations = [[3, 4]] * len(PROMPTS)
     fp32 = lean_steps(model, 1, continuations)[-1]
-    bf16 = lean_steps(model, 1, continuations, torch.bfloat16, packed=packed)[-1]
+    bf16 = lean_steps(model, 1, continuations, torch.bfloat16, cpu_kernels=cpu_kernels)[-1]
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= 2 / 3

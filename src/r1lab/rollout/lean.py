@@ -10,7 +10,9 @@ possible:
     `sync`, i.e. once per optimizer step);
   - on a CPU, every projection through oneDNN with its weight prepacked once per `sync`: a
     decode step's matmuls are skinny (one row per sample) and the plain GEMM re-packs the whole
-    weight on every call (fp32, 32 rows: 95 ms -> 53 ms per step of SmolLM2-135M; bf16 45 -> 29);
+    weight on every call (fp32, 32 rows: 95 ms -> 53 ms per step of SmolLM2-135M; bf16 45 -> 29),
+    and attention through the flash kernel, prompt part and generated part each returning its
+    log-normaliser, merged exactly (one kernel each instead of ~15 small ops);
   - the prompts' keys/values kept once per prompt and read once per group of samples, and a
     preallocated buffer for the generated tokens written in place, so a step never copies
     the cache, not even when finished rows leave (see `KVBuffer`).
@@ -51,14 +53,16 @@ def supports(model: Any) -> bool:
     return len(qkv_bias) == 1 and all(p.bias is None for p in no_bias)
 
 
-def packed_linear_available(model: Any) -> bool:
-    """oneDNN's prepacked linear (the kernel `torch.compile` uses for CPU inference) exists in
-    this torch build and the model's weights are on the CPU."""
+def cpu_kernels_available(model: Any) -> bool:
+    """The model is on the CPU and this torch build has the two kernels the lean step uses
+    there: oneDNN's prepacked linear (what `torch.compile` emits for CPU inference) and the
+    flash attention kernel that also returns its log-normaliser."""
     return (
         next(model.parameters()).device.type == "cpu"
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
     )
 
 
@@ -69,8 +73,8 @@ class KVBuffer:
     sample); `new_keys/values[layer]` `[R, Hkv, T_new, D]`: the generated tokens of all
     R = P * n rows, preallocated and zero-filled, written in place. `alive` `[A]` lists the rows
     still decoding: only they go through the projections and the MLP; attention runs over all
-    R rows (cheap), so a finished row leaves without any cache being copied. `bias`
-    `[R, Tp + T_new]` masks prompt padding; `length` generated positions are written so far,
+    R rows (cheap), so a finished row leaves without any cache being copied. `prompt_bias`
+    `[P, 1, 1, Tp]` masks prompt padding; `length` generated positions are written so far,
     and attention reads only those (not the whole preallocated buffer).
     """
 
@@ -85,11 +89,8 @@ class KVBuffer:
         shape = (self.rows, hk, max_new_tokens, d)
         self.new_keys = [mask.new_zeros(shape, dtype=dtype) for _ in cache.layers]
         self.new_values = [mask.new_zeros(shape, dtype=dtype) for _ in cache.layers]
-        self.bias = torch.full(
-            (self.rows, tp + max_new_tokens), float("-inf"), dtype=dtype, device=mask.device
-        )
-        prompt_ok = mask.bool().repeat_interleave(n, dim=0)  # [R, Tp]
-        self.bias[:, :tp].masked_fill_(prompt_ok, 0.0)
+        self.prompt_bias = torch.zeros(p, 1, 1, tp, dtype=dtype, device=mask.device)
+        self.prompt_bias.masked_fill_(~mask.bool()[:, None, None], float("-inf"))
         self.alive = torch.arange(self.rows, device=mask.device)
 
     def select(self, index: torch.Tensor) -> None:
@@ -101,7 +102,7 @@ class LeanDecoder:
     """One-token decode steps for a Llama-family model, reading its weights (see module doc)."""
 
     def __init__(
-        self, model: Any, dtype: torch.dtype | None = None, packed: bool | None = None
+        self, model: Any, dtype: torch.dtype | None = None, cpu_kernels: bool | None = None
     ) -> None:
         config = model.config
         self.model = model
@@ -111,7 +112,7 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self.layers: list[dict[str, Any]] | None = None
-        self.packed = packed_linear_available(model) if packed is None else packed
+        self.cpu_kernels = cpu_kernels_available(model) if cpu_kernels is None else cpu_kernels
 
     def release(self) -> None:
         """Drop the fused weight copies (they are rebuilt by the next `sync`)."""
@@ -120,12 +121,12 @@ class LeanDecoder:
 
     def sync(self, rows: int = 32) -> None:
         """Re-read the weights (after an optimizer step); fused copies in the compute dtype,
-        prepacked for about `rows` rows per matmul when `packed`."""
+        prepacked for about `rows` rows per matmul with `cpu_kernels`."""
         model, dtype = self.model, self.compute_dtype
 
         def weight(w: torch.Tensor) -> torch.Tensor:
             w = w.to(dtype)
-            return torch.ops.mkldnn._reorder_linear_weight(w, rows) if self.packed else w
+            return torch.ops.mkldnn._reorder_linear_weight(w, rows) if self.cpu_kernels else w
         layers = []
         with torch.no_grad():
             for layer in model.model.layers:
@@ -154,7 +155,7 @@ class LeanDecoder:
     def _linear(
         self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.packed:
+        if self.cpu_kernels:
             return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
         return F.linear(x, w, bias)
 
@@ -171,30 +172,54 @@ class LeanDecoder:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q k^T * scale + bias) v `[B, Hkv, M, D]` and its log-normaliser `[B, Hkv, M]`
+        (fp32), so attention over two key sets can be merged exactly afterwards."""
+        if self.cpu_kernels:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, False, attn_mask=bias, scale=self.scale
+            )
+            return out, lse
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.scale
+        if bias is not None:
+            scores = scores + bias
+        lse = torch.logsumexp(scores, dim=-1)
+        return torch.matmul(scores.sub_(lse[..., None]).exp_().to(q.dtype), v), lse
+
     def _attention(self, q: torch.Tensor, kv: KVBuffer, i: int) -> torch.Tensor:
         """Attention of the alive rows' queries `[A, H, D]` over prompt + generated keys.
 
-        The prompt part is one matmul per (prompt, kv head) with all n samples' queries
-        stacked, `[P, Hkv, n*g, D] @ [P, Hkv, D, Tp]`, so a prompt's keys are read once per step
-        rather than n times; the generated part is per row. One softmax spans both.
+        The prompt part is one product per (prompt, kv head) with all n samples' queries
+        stacked, `[P, Hkv, n*g, D] x [P, Hkv, Tp, D]`, so a prompt's keys are read once per step
+        rather than n times; the generated part is per row. The two softmaxes are merged by
+        their log-normalisers, which is exactly one softmax over both key sets.
         """
         r, n, hk, d = kv.rows, kv.n, self.kv_heads, self.head_dim
-        p, g, tp = r // n, self.heads // hk, kv.prompt_keys[i].shape[2]
-        new_keys = kv.new_keys[i][:, :, : kv.length]  # only the positions written so far
-        new_values = kv.new_values[i][:, :, : kv.length]
-        full = q.new_zeros(r, self.heads, d).index_copy_(0, kv.alive, q * self.scale)
+        p, g = r // n, self.heads // hk
+        full = q
+        if len(kv.alive) < r:  # finished rows keep a zero query (their output is dropped)
+            full = q.new_zeros(r, self.heads, d).index_copy_(0, kv.alive, q)
         grouped = full.view(p, n, hk, g, d).transpose(1, 2).reshape(p, hk, n * g, d)
-        prompt_scores = torch.matmul(grouped, kv.prompt_keys[i].transpose(-1, -2))
-        prompt_scores = prompt_scores.view(p, hk, n, g, tp).transpose(1, 2).reshape(r, hk, g, tp)
-        new_scores = torch.matmul(full.view(r, hk, g, d), new_keys.transpose(-1, -2))
-        bias = kv.bias[:, None, None, : tp + kv.length]
-        scores = torch.cat([prompt_scores, new_scores], dim=-1) + bias
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # [R, Hkv, g, Tp + T_new]
-        prompt_probs = probs[..., :tp].reshape(p, n, hk, g, tp).transpose(1, 2)
-        out = torch.matmul(prompt_probs.reshape(p, hk, n * g, tp), kv.prompt_values[i])
-        out = out.view(p, hk, n, g, d).transpose(1, 2).reshape(r, hk, g, d)
-        out = out + torch.matmul(probs[..., tp:], new_values)  # [R, Hkv, g, D]
-        return out.index_select(0, kv.alive).reshape(len(kv.alive), self.heads * d)
+        old, old_lse = self._attend(
+            grouped, kv.prompt_keys[i], kv.prompt_values[i], kv.prompt_bias
+        )  # [P, Hkv, n*g, D], [P, Hkv, n*g]
+        old = old.reshape(p, hk, n, g, d).transpose(1, 2).reshape(r, hk, g, d)
+        old_lse = old_lse.reshape(p, hk, n, g).transpose(1, 2).reshape(r, hk, g)
+        new, new_lse = self._attend(
+            full.view(r, hk, g, d),
+            kv.new_keys[i][:, :, : kv.length],  # only the positions written so far
+            kv.new_values[i][:, :, : kv.length],
+            None,
+        )  # [R, Hkv, g, D], [R, Hkv, g]
+        top = torch.maximum(old_lse, new_lse)
+        w_old, w_new = (old_lse - top).exp_(), (new_lse - top).exp_()
+        total = w_old + w_new
+        out = old.float() * (w_old / total)[..., None] + new.float() * (w_new / total)[..., None]
+        if len(kv.alive) < r:
+            out = out.index_select(0, kv.alive)
+        return out.to(q.dtype).reshape(len(kv.alive), self.heads * d)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
@@ -203,9 +228,7 @@ class LeanDecoder:
             self.sync(rows=len(tokens))
         a, t = tokens.shape[0], kv.length
         h, hk, d = self.heads, self.kv_heads, self.head_dim
-        tp = kv.prompt_keys[0].shape[2]
-        kv.bias[:, tp + t] = 0.0  # the new token is visible to itself and every later step
-        kv.length = t + 1
+        kv.length = t + 1  # the new token is visible to itself and every later step
         x = self.embed[tokens].to(self.compute_dtype)  # [A, E]
         cos, sin = self.model.model.rotary_emb(x[:, None], positions[:, None])  # [A, 1, D]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)

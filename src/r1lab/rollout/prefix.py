@@ -40,7 +40,8 @@ def sample_next(
     """
     if params.temperature <= 0:
         return logits.argmax(-1)  # [A]
-    logits = logits / params.temperature
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # [A, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
