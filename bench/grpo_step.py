@@ -11,7 +11,7 @@ warm-up and is not counted.
     pip install -e ".[bench]"                 # TRL, only for this script
     python bench/grpo_step.py                 # 4 prompts x 8 samples, 128 new tokens, fp32 + bf16
     python bench/grpo_step.py --smoke         # tiny model, a few tokens: seconds (CI)
-    python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt,offload
+    python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt,offload,release
                                               # several r1lab configurations against one TRL run
 
 Prints seconds per step, generation tokens/s, generated tokens per step (a step's time depends
@@ -75,7 +75,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
                  "clip_high": 0.2, "micro_batch_size": settings["micro"],
                  "activation_checkpointing": settings["checkpointing"],
-                 "offload_reference": settings["offload"]},
+                 "offload_reference": settings["offload"],
+                 "release_memory": settings["release"]},
         "optim": {"lr": settings["lr"], "warmup_steps": 0},
         "eval": {"every": 0, "size": 0},
         "train": {"steps": settings["steps"], "save_every": 0, "out_dir": str(out)},
@@ -202,6 +203,8 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
             notes.append("ckpt")
         if settings["offload"]:
             notes.append("ref offload")
+        if settings["release"]:
+            notes.append("release")
         if settings["weights"] == "float32" and dtype != "float32":
             notes.append("fp32 weights")
         label += f" ({', '.join(notes)})"
@@ -222,7 +225,8 @@ def main() -> None:
                         help="an r1lab configuration to run (repeatable), e.g. 'micro=8,ckpt' "
                         "or 'micro=16,fp32-weights,dtype=bfloat16' (micro: sequences per "
                         "micro-batch, default 16; ckpt: activation checkpointing; offload: the "
-                        "reference's weights in a memory-mapped file; fp32-weights: "
+                        "reference's weights in a memory-mapped file; release: freed memory "
+                        "back to the OS between phases; fp32-weights: "
                         "autocast over fp32 weights instead of weights in the compute dtype); "
                         "default: micro=16")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
@@ -308,7 +312,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     """'micro=8,ckpt,fp32-weights' -> the r1lab settings it overrides ('dtype=bfloat16': run
     this variant at that dtype only)."""
     out: dict[str, Any] = {"micro": 16, "checkpointing": False, "offload": False,
-                           "weights": "compute"}
+                           "release": False, "weights": "compute"}
     for token in filter(None, (t.strip() for t in text.split(","))):
         if token.startswith("micro="):
             out["micro"] = int(token.split("=", 1)[1])
@@ -316,13 +320,15 @@ def parse_variant(text: str) -> dict[str, Any]:
             out["checkpointing"] = True
         elif token == "offload":
             out["offload"] = True
+        elif token == "release":
+            out["release"] = True
         elif token == "fp32-weights":
             out["weights"] = "float32"
         elif token.startswith("dtype="):
             out["only_dtype"] = token.split("=", 1)[1]
         else:
             raise SystemExit(f"unknown variant token {token!r}: use micro=N, ckpt, offload, "
-                             "fp32-weights, dtype=D")
+                             "release, fp32-weights, dtype=D")
     return out
 
 

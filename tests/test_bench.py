@@ -35,7 +35,7 @@ def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path
     pytest.importorskip("trl")
     out, plot = tmp_path / "step.json", tmp_path / "breakdown.png"
     run("grpo_step.py", "--out", str(out), "--dtypes", "float32", "--plot", str(plot),
-        "--variant", "micro=4", "--variant", "micro=2,ckpt,offload")
+        "--variant", "micro=4", "--variant", "micro=2,ckpt,offload,release")
     report = json.loads(out.read_text())
     assert [r["side"] for r in report["results"]] == ["trl", "r1lab", "r1lab"]
     for r in report["results"]:
@@ -43,7 +43,7 @@ def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path
         assert r["tokens_per_step"] > 0
     assert set(report["ratios"]) == {
         "r1lab (micro 4) float32 vs TRL float32",
-        "r1lab (micro 2, ckpt, ref offload) float32 vs TRL float32",
+        "r1lab (micro 2, ckpt, ref offload, release) float32 vs TRL float32",
     }
     assert all(ratio["time_per_token"] > 0 for ratio in report["ratios"].values())
     assert plot.stat().st_size > 0

@@ -1,10 +1,11 @@
-"""Memory between phases (memory.py): the allocator trim and disk-backed frozen weights."""
+"""Memory between phases (memory.py): the allocator policy and trim, disk-backed frozen weights."""
 
 import sys
 
 import pytest
 import torch
 
+import r1lab.memory as memory
 from r1lab.memory import DiskBackedWeights, release_free_memory, supported
 from r1lab.models import cast_parameters, tiny_model
 
@@ -61,3 +62,15 @@ def test_release_free_memory_trims_the_allocator():
     garbage = [torch.ones(4096) for _ in range(256)]  # small blocks the allocator keeps
     del garbage
     assert release_free_memory() is True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_phase_boundaries_release_memory_only_under_the_release_policy(monkeypatch):
+    trims = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: trims.append(1) or True)
+    assert memory.configure_allocator(release=True) is True
+    memory.between_phases()
+    assert len(trims) == 1
+    assert memory.configure_allocator(release=False) is True
+    memory.between_phases()
+    assert len(trims) == 1  # kept for the next phase to reuse

@@ -209,6 +209,7 @@ LEAN = (
     "model.compute_dtype=bfloat16",
     "grpo.activation_checkpointing=true",
     "grpo.offload_reference=true",
+    "grpo.release_memory=true",
 )
 
 

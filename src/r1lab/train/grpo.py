@@ -34,7 +34,7 @@ from r1lab.algos import (
 )
 from r1lab.config import Config
 from r1lab.logprobs import prefix_logprobs
-from r1lab.memory import release_free_memory
+from r1lab.memory import between_phases
 from r1lab.models import cast_parameters
 from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
 from r1lab.rollout.base import Generation, RolloutEngine, SamplingParams
@@ -172,7 +172,7 @@ def minibatch_loss(
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
     tokens = float(mask_all.sum().clamp(min=1))
     for start in range(0, len(index), g.micro_batch_size):
-        release_free_memory()  # the last micro-batch's activations
+        between_phases()  # the last micro-batch's activations
         idx = index[start : start + g.micro_batch_size]
         mask = batch.completion_mask[idx]  # [m, Tc]
         logp, entropy = rows_logprobs(
@@ -193,7 +193,7 @@ def minibatch_loss(
             per_token = per_token + g.beta * kl
             totals["kl"] += float(masked_mean(kl.detach(), mask)) * weight
         loss = aggregate(per_token, mask, g.loss_agg, config.generation.max_new_tokens, normalizer)
-        release_free_memory()  # the forward's temporaries, before the backward's peak
+        between_phases()  # the forward's temporaries, before the backward's peak
         loss.backward()
         totals["loss"] += float(loss.detach())
         totals["clip_frac"] += float(stats["clip_frac"]) * weight
@@ -235,7 +235,7 @@ def optimize(
                 skipped += 1
                 continue
             optimizer.step()
-            release_free_memory()
+            between_phases()
             optimizer_seconds += time.perf_counter() - began
             stats["grad_norm"] = float(norm)
             logs.append(stats)

@@ -26,7 +26,7 @@ from r1lab.checkpoint import (
 from r1lab.config import Config, dump_config
 from r1lab.errors import UserError
 from r1lab.evaluate import sample_and_grade, summarize
-from r1lab.memory import DiskBackedWeights, release_free_memory, supported
+from r1lab.memory import DiskBackedWeights, between_phases, configure_allocator, supported
 from r1lab.models import compute_context, load_model, pick_device
 from r1lab.rewards import count_reflections, format_ok
 from r1lab.rollout import SamplingParams, make_engine
@@ -176,6 +176,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
                     "memory: it needs Linux and a CPU run; set it false"
                 )
             offloaded = DiskBackedWeights(ref, run_dir)
+    configure_allocator(release=config.grpo.release_memory)
     optimizer = build_optimizer(model, config.optim)
     stream = PromptStream(train_examples, config.train.seed)
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -222,7 +223,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             out = rollout_step(config, engine, task, stream.take, tokenizer, shots)
-            release_free_memory()  # the generation's caches
+            between_phases()  # the generation's caches
             opt: dict[str, float] = {"updates": 0.0, "skipped_updates": 0.0}
             if out["groups"]:
                 with compute_context(config.model.compute_dtype, model.device):
@@ -233,7 +234,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
                     logprob_seconds = time.perf_counter() - began_batch
                     if offloaded is not None:
                         offloaded.release()
-                    release_free_memory()
+                    between_phases()
                     opt = optimize(model, optimizer, batch, config, generator)
                     opt["time/logprobs"] = logprob_seconds
             began_sync = time.perf_counter()
