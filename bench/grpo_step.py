@@ -291,18 +291,19 @@ def plot_breakdown(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r.get('label', r['side'])} {r['dtype']}" for r in results]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.5))
+    fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(results) + 1.8))
     left = [0.0] * len(results)
     for part, keys in PARTS.items():
         widths = [sum(r["breakdown"].get(k, 0.0) for k in keys) for r in results]
         ax.barh(labels, widths, left=left, label=part)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     rest = [max(0.0, r["seconds_per_step"] - done) for r, done in zip(results, left, strict=True)]
-    if any(rest):  # a run that timed generation only: the rest of its step, unattributed
+    # a side that timed only its generation leaves the rest of its step unattributed
+    if max(rest) > 0.01 * max(left):  # (more than the rounding of the parts' sum)
         ax.barh(labels, rest, left=left, label="not broken down", color="lightgrey")
     ax.set_xlabel("seconds per GRPO step")
     ax.invert_yaxis()
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
