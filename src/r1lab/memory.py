@@ -43,7 +43,6 @@ def _libc() -> ctypes.CDLL | None:
 
 _LIBC = _libc()
 
-
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 _release_between_phases = False
@@ -83,8 +82,9 @@ def release_free_memory() -> bool:
 
     glibc's malloc keeps freed memory in its arenas, and the blocks a tensor library frees
     between phases are mostly below the size it maps and unmaps directly, so without this
-    they would stay resident. Cheap (a walk over the free lists), so it is called between
-    phases and micro-batches.
+    they would stay resident. The call itself is cheap (a walk over the free lists); the cost
+    is the page faults when the memory is needed again, which is why a training run does it
+    only under the release policy (`configure_allocator`, `between_phases`).
     """
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is None:

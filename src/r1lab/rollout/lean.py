@@ -177,11 +177,10 @@ class LeanDecoder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(q k^T * scale + bias) v `[B, Hkv, M, D]` and its log-normaliser `[B, Hkv, M]`
         (fp32), so attention over two key sets can be merged exactly afterwards."""
-        if self.cpu_kernels:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        if self.cpu_kernels:  # returns (output, log-normaliser)
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, v, 0.0, False, attn_mask=bias, scale=self.scale
             )
-            return out, lse
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.scale
         if bias is not None:
             scores = scores + bias
