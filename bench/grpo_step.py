@@ -46,7 +46,7 @@ def peak_rss_mb() -> float:
 def prompts_and_examples(settings: dict[str, Any], tokenizer: Any) -> tuple[list, list]:
     """The rendered prompt texts and their Examples, identical for both sides."""
     from r1lab.tasks import make_task
-    from r1lab.templates import pick_shots, render
+    from r1lab.text.templates import pick_shots, render
 
     task = make_task(TASK["name"], TASK["options"])
     count = settings["prompts"] * settings["steps"]
@@ -58,9 +58,9 @@ def prompts_and_examples(settings: dict[str, Any], tokenizer: Any) -> tuple[list
 
 # --------------------------------------------------------------------------- r1lab side
 def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
-    from r1lab.config import build_config
-    from r1lab.tracking import read_jsonl
-    from r1lab.train.run import train
+    from r1lab.core.runfiles import read_jsonl
+    from r1lab.grpo.config import build_config
+    from r1lab.grpo.loop import train
 
     raw = {
         "name": "bench_r1lab",
@@ -128,7 +128,7 @@ def run_trl(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from r1lab.models import load_model, resolve_dir
+    from r1lab.core.models import load_model, resolve_dir
     from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
     from r1lab.tasks import make_task
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from r1lab.models import load_model
+from r1lab.core.models import load_model
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
-from r1lab.templates import pick_shots, render
+from r1lab.text.templates import pick_shots, render
 
 
 def measure(engine_name: str, model, tokenizer, prompts, params, seed: int, dtype: str) -> dict:

@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tokenizer():
     """The built-in model's tokenizer (left padding, pad token set). Do not mutate it."""
-    from r1lab.models import load_tokenizer
+    from r1lab.core.models import load_tokenizer
 
     return load_tokenizer()
 
@@ -30,7 +30,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama():
     """(model, tokenizer) for `tiny:llama`: a random 2-layer Llama with the built-in tokenizer."""
-    from r1lab.models import load_model
+    from r1lab.core.models import load_model
 
     return load_model("tiny:llama")
 

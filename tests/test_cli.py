@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from r1lab import cli
-from r1lab.models import DEFAULT_MODEL
+from r1lab.core.models import DEFAULT_MODEL
 from r1lab.tasks import TASKS
 
 COMMANDS = ("models", "tasks", "preflight", "train", "zero", "plot")

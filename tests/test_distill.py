@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1lab import cli, evaluate
+from r1lab import cli
+from r1lab.core.errors import UserError
 from r1lab.distill import build_distill_config, distill, load_distill_config
-from r1lab.errors import UserError
-from r1lab.train import sft as sft_module
+from r1lab.eval import run as evaluate
+from r1lab.sft.loop import SFTJob
 
 TEACHER = {
     "model": {"spec": "tiny:llama"},
@@ -97,7 +98,7 @@ def test_a_tiny_llama_teaches_a_tiny_qwen2_and_resume_redoes_nothing(tmp_path, m
     with pytest.raises(UserError, match="already holds a distillation: pass --resume"):
         distill(config, progress=False)
     monkeypatch.setattr(evaluate, "_engine", lambda *a, **k: pytest.fail("sampled again"))
-    monkeypatch.setattr(sft_module, "train_step", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(SFTJob, "step", lambda *a, **k: pytest.fail("trained again"))
     assert distill(config, resume=True, progress=False) == out
     assert (out / "report.json").exists()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lab.models import DEFAULT_MODEL, load_model
+from r1lab.core.models import DEFAULT_MODEL, load_model
 from r1lab.rollout import SamplingParams, make_engine
-from r1lab.templates import render
+from r1lab.text.templates import render
 
 pytestmark = pytest.mark.smoke
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_preflight_cli_end_to_end():
     out = result.stdout
     reward_lines = [line for line in out.splitlines() if line.startswith("reward ")]
     assert len(reward_lines) == 2
-    from r1lab.config import load_config
+    from r1lab.grpo.config import load_config
 
     terms = [f"{r.name}=" for r in load_config(REPO / "recipes/r1_zero_arith.yaml").rewards]
     for line in reward_lines:

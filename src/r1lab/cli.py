@@ -12,20 +12,21 @@ from rich.table import Table
 from rich.text import Text
 
 from r1lab import __version__
-from r1lab.errors import UserError
+from r1lab.core.errors import UserError
+from r1lab.eval.protocol import PROTOCOL
 
 console = Console()
 ZERO_RECIPE = "recipes/r1_zero_arith.yaml"
 
 
 def _config(args: argparse.Namespace) -> object:
-    from r1lab.config import load_config
+    from r1lab.grpo.config import load_config
 
     return load_config(args.config, args.set or [])
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from r1lab.models import list_models
+    from r1lab.core.models import list_models
 
     table = Table("spec", "description", "cache")
     for row in list_models():
@@ -64,7 +65,7 @@ def _parse_kv(text: str) -> tuple[str, object]:
 
 def cmd_preflight(args: argparse.Namespace) -> None:
     config = _config(args)
-    from r1lab.preflight import preflight
+    from r1lab.grpo.preflight import preflight
 
     report = preflight(config, prompts=args.prompts, samples=args.samples)
     for sample in report.samples:
@@ -89,7 +90,7 @@ def _fmt(value: object) -> str:
 
 def cmd_train(args: argparse.Namespace) -> None:
     config = _config(args)  # a config mistake is reported before the trainer is imported
-    from r1lab.train.run import train
+    from r1lab.grpo.loop import train
 
     run_dir = train(config, resume=args.resume, progress=not args.quiet)
     console.print(f"[green]done[/green]: {run_dir}")
@@ -98,11 +99,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sft(args: argparse.Namespace) -> None:
     """Supervised fine-tuning (R1's cold start) from a `kind: sft` recipe."""
-    from r1lab.sft_config import load_sft_config
+    from r1lab.sft.config import load_sft_config
 
-    config = load_sft_config(args.config, args.set or [])  # config mistakes before torch loads
-    from r1lab.tracking import read_jsonl
-    from r1lab.train.sft import sft
+    config = load_sft_config(args.config, args.set or [])  # config mistakes before the trainer
+    from r1lab.core.runfiles import read_jsonl
+    from r1lab.sft.loop import sft
 
     run_dir = sft(config, resume=args.resume, progress=not args.quiet)
     console.print(f"[green]done[/green]: {run_dir}")
@@ -116,10 +117,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Rejection sampling (R1's stage 3) from a `kind: sample` recipe."""
-    from r1lab.sampling_config import load_sample_config
+    from r1lab.sample.config import load_sample_config
 
-    config = load_sample_config(args.config, args.set or [])  # config mistakes before torch loads
-    from r1lab.sampling import sample
+    config = load_sample_config(args.config, args.set or [])  # config mistakes before the sampler
+    from r1lab.sample.run import sample
 
     out = sample(config, resume=args.resume, progress=not args.quiet)
     console.print(f"[green]done[/green]: {out / 'data.jsonl'}")
@@ -153,9 +154,9 @@ def _sample_table(report_path: Path) -> Table:
 
 def cmd_zero(args: argparse.Namespace) -> None:
     """R1-Zero on the built-in model: resumes or no-ops when the run already exists."""
-    from r1lab.config import load_config
-    from r1lab.plot import plot_run
-    from r1lab.train.run import train
+    from r1lab.grpo.config import load_config
+    from r1lab.grpo.loop import train
+    from r1lab.train.plots import plot_run
 
     config = load_config(args.config or ZERO_RECIPE, args.set or [])
     run_dir = train(config, resume="auto", progress=not args.quiet)
@@ -165,7 +166,7 @@ def cmd_zero(args: argparse.Namespace) -> None:
 
 
 def _print_run_summary(run_dir: Path) -> None:
-    from r1lab.tracking import read_jsonl
+    from r1lab.core.runfiles import read_jsonl
 
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval/pass@1" in r]
     if not rows:
@@ -183,11 +184,11 @@ def _print_run_summary(run_dir: Path) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """The R1 stages chained from a `kind: pipeline` YAML, then every model evaluated."""
-    from r1lab.pipeline_config import load_pipeline
+    from r1lab.pipeline.config import load_pipeline
 
-    pipeline = load_pipeline(args.config, args.set or [])  # every recipe checked before torch
-    from r1lab.pipeline import run_pipeline
-    from r1lab.pipeline_report import score_table
+    pipeline = load_pipeline(args.config, args.set or [])  # every recipe checked before running
+    from r1lab.pipeline.report import score_table
+    from r1lab.pipeline.run import run_pipeline
 
     done = run_pipeline(
         pipeline,
@@ -204,7 +205,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from r1lab.plot import plot_run
+    from r1lab.train.plots import plot_run
 
     for path in plot_run(Path(args.run)):
         console.print(f"wrote {path}")
@@ -212,53 +213,69 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """One evaluation, a side-by-side comparison (--compare), or a run's curve (--run)."""
-    from r1lab import eval_report as report
-
     if args.compare:
-        if args.run or args.task or args.model or args.out:
-            raise UserError("--compare takes eval directories only (plus --plot-out)")
-        summaries = [report.load_summary(d) for d in args.compare]
-        labels = report.labels_for(args.compare)
-        console.print(report.compare_table(summaries, labels))
-        for note in report.compare_notes(summaries):
-            console.print(f"[yellow]note:[/yellow] {note}")
-        plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
-        console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
+        _compare(args)
         return
-    options = dict(_parse_kv(o) for o in args.option or [])
-    names = ("k", "temperature", "top_p", "greedy", "seed", "limit", "engine", "batch_size")
-    sampling = {name: getattr(args, name) for name in (*names, "dtype", "compute_dtype", "device")}
-    sampling["progress"] = not args.quiet
-    prompt = {"template": args.template, "shots": args.shots, "stop": args.stop}
-    prompt["shot_style"] = args.shot_style
+    from r1lab.eval.protocol import Runtime
+
+    given = {name: getattr(args, name) for name in _EVAL_SETTINGS}
+    given["task_options"] = dict(_parse_kv(o) for o in args.option or [])
+    runtime = Runtime(
+        args.batch_size, args.dtype, args.compute_dtype, args.device, progress=not args.quiet
+    )
     if args.run:
         if args.out or args.model:
             raise UserError("--run evaluates the run's own models into RUN/eval/<step>/")
-        curve = report.evaluate_run(
-            args.run, args.task, options, max_new_tokens=args.max_new_tokens, **prompt, **sampling
-        )
-        console.print(report.curve_table(curve))
-        console.print(f"wrote {Path(args.run) / 'eval' / report.CURVE_PNG} and .json")
+        from r1lab.eval.curves import CURVE_PNG, curve_table, evaluate_run
+
+        curve = evaluate_run(args.run, given, args.limit, runtime)
+        console.print(curve_table(curve))
+        console.print(f"wrote {Path(args.run) / 'eval' / CURVE_PNG} and .json")
         return
     if not args.task:
         raise UserError("--task is required, e.g. --task arith (list them with `r1lab tasks`)")
-    from r1lab.evaluate import run_eval
-    from r1lab.models import DEFAULT_MODEL
+    from r1lab.core.models import DEFAULT_MODEL
+    from r1lab.eval.report import summary_table
+    from r1lab.eval.run import run_eval
+    from r1lab.eval.store import make_settings
 
-    summary = run_eval(
-        args.model or DEFAULT_MODEL,
-        args.task,
-        options,
-        template=args.template or "r1_zero",
-        shots=args.shots or 0,
-        shot_style=args.shot_style or "brief",
-        stop=args.stop or (),
-        max_new_tokens=args.max_new_tokens or 512,
-        out_dir=args.out,
-        **sampling,
-    )
-    console.print(report.summary_table(summary))
+    fields = {key: value for key, value in given.items() if value is not None}
+    settings, notes = make_settings(args.model or DEFAULT_MODEL, fields.pop("task"), **fields)
+    summary = run_eval(settings, args.out, args.limit, runtime, notes)
+    console.print(summary_table(summary))
     console.print(f"wrote {summary['out_dir']}/results.jsonl and summary.json")
+
+
+# `r1lab eval` flags that are evaluation settings (`eval.store.EvalSettings` fields); a flag
+# left unset (None) keeps the setting's default, or with --run the run's own value.
+_EVAL_SETTINGS = (
+    "task",
+    "template",
+    "shots",
+    "shot_style",
+    "k",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "greedy",
+    "engine",
+    "stop",
+)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from r1lab.eval import report
+
+    if args.run or args.task or args.model or args.out:
+        raise UserError("--compare takes eval directories only (plus --plot-out)")
+    summaries = [report.load_summary(d) for d in args.compare]
+    labels = report.labels_for(args.compare)
+    console.print(report.compare_table(summaries, labels))
+    for note in report.compare_notes(summaries):
+        console.print(f"[yellow]note:[/yellow] {note}")
+    plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
+    console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,11 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="prompt template (default r1_zero; --run: the run's)")
     p.add_argument("--shots", type=int, help="worked train examples shown first (default 0)")
     p.add_argument("--shot-style", choices=["brief", "solution"], help="default brief")
-    p.add_argument("--k", type=int, default=8, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--k", type=int, default=PROTOCOL.k, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=PROTOCOL.temperature)
+    p.add_argument("--top-p", type=float, default=PROTOCOL.top_p)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (forces k=1)")
-    p.add_argument("--max-new-tokens", type=int, help="default 512 (--run: the run's)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"default {PROTOCOL.max_new_tokens} (--run: the run's)",
+    )
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--limit", type=int, help="evaluate the first N test problems")
     p.add_argument("--seed", type=int, default=0)

@@ -6,11 +6,11 @@ and no RL. Here one recipe names both halves:
     kind: distill
     name: distill
     out_dir: runs                  # everything goes to runs/distill/
-    teacher:                       # a sample recipe (sampling_config.py) without name/out_dir
+    teacher:                       # a sample recipe (sample/config.py) without name/out_dir
       model: {spec: runs/r1_mini/all_scenario/final}
       task: {name: arith, options: {digits: 2, ops: "+-"}}
       generation: {n: 4, max_new_tokens: 160}
-    student:                       # an SFT recipe (sft_config.py) without name/train.out_dir
+    student:                       # an SFT recipe (sft/config.py) without name/train.out_dir
       model: {spec: "tiny:qwen2"}
       train: {steps: 40, batch_size: 8}
 
@@ -35,10 +35,11 @@ from typing import Any
 
 import yaml
 
-from r1lab.config import apply_overrides, check_kind, from_dict, load_kind_recipe
-from r1lab.errors import UserError
-from r1lab.sampling_config import SampleConfig, build_sample_config
-from r1lab.sft_config import SFTConfig, build_sft_config
+from r1lab.core.config import apply_overrides, check_kind, from_dict, load_kind_recipe
+from r1lab.core.errors import UserError
+from r1lab.core.runfiles import write_atomic
+from r1lab.sample.config import SampleConfig, build_sample_config
+from r1lab.sft.config import SFTConfig, build_sft_config
 
 TEACHER_DIR, STUDENT_DIR, REPORT = "teacher_data", "student", "report.json"
 
@@ -141,8 +142,10 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
     `resume=True` continues a started distillation (an error when there is none); `"auto"`
     continues one when it exists and starts fresh otherwise; `False` refuses an existing one.
     """
-    from r1lab.sampling import sample, write_atomic
-    from r1lab.train.sft import sft
+    # imported here: loading a distillation recipe (the pipeline checks every stage's) must
+    # not import the trainers and their model libraries
+    from r1lab.sample.run import sample
+    from r1lab.sft.loop import sft
 
     out = config.out
     started = (out / TEACHER_DIR).exists() or (out / STUDENT_DIR).exists()

@@ -1,4 +1,4 @@
-"""The rollout interface shared by every generation engine (transformers now, vLLM on GPUs).
+"""The rollout interface shared by every generation engine, and their registry.
 
 An engine receives rendered prompts and returns, per prompt, `n` generations as token ids and
 text. Training needs the ids (log-probs are computed on exactly the sampled tokens); rewards
@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from r1lab.errors import unknown_name
-from r1lab.templates import Prompt
+from r1lab.core.errors import unknown_name
+from r1lab.text.templates import Prompt
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,7 @@ def register_engine(name: str) -> Callable[[Callable[..., RolloutEngine]], Any]:
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> RolloutEngine:
-    """Build the engine `name` around an in-memory policy."""
-    from r1lab.rollout import hf, prefix  # noqa: F401  (registers the engines)
-
+    """Build the engine `name` around an in-memory policy (the package registers them all)."""
     if name not in ENGINES:
         raise unknown_name("rollout engine", name, ENGINES)
     return ENGINES[name](model, tokenizer, **options)

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from r1lab.models import compute_context
+from r1lab.core.models import compute_context
 from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
-from r1lab.templates import Prompt
+from r1lab.text.templates import Prompt
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_tokens: int) -> list[list[int]]:

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from r1lab.errors import UserError
-from r1lab.models import compute_context
+from r1lab.core.errors import UserError
+from r1lab.core.models import compute_context
 from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
 from r1lab.rollout.hf import encode_prompts, left_pad
 from r1lab.rollout.lean import SUPPORTED, KVBuffer, LeanDecoder, supports
-from r1lab.templates import Prompt
+from r1lab.text.templates import Prompt
 
 
 def sample_next(

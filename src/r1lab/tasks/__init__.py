@@ -1,6 +1,24 @@
 """Verifiable tasks: built-in procedural ones and dataset-backed ones, behind one interface."""
 
 from r1lab.tasks import arith, countdown, datasets, general, mix  # noqa: F401  (registers tasks)
-from r1lab.tasks.base import TASKS, Task, extract_answer, last_boxed, make_task, split_of
+from r1lab.tasks.base import (
+    TASKS,
+    Task,
+    TaskConfig,
+    check_task,
+    extract_answer,
+    last_boxed,
+    make_task,
+    split_of,
+)
 
-__all__ = ["TASKS", "Task", "extract_answer", "last_boxed", "make_task", "split_of"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "TaskConfig",
+    "check_task",
+    "extract_answer",
+    "last_boxed",
+    "make_task",
+    "split_of",
+]

@@ -14,9 +14,9 @@ import random
 import re
 from decimal import Decimal, InvalidOperation
 
-from r1lab.errors import UserError
+from r1lab.core.errors import UserError
+from r1lab.core.types import Example
 from r1lab.tasks.base import Task, last_boxed, register_task, split_of
-from r1lab.types import Example
 
 _SALT = "arith"
 _MAX_MISSES = 5000  # consecutive rejected draws before the problem space counts as exhausted

@@ -11,10 +11,11 @@ import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from r1lab.errors import UserError, unknown_name
-from r1lab.types import Example
+from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.types import Example
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -145,3 +146,37 @@ def make_task(spec: str, options: dict[str, Any] | None = None) -> Task:
                 f"unknown option {key!r} for task {name!r}; valid options: {', '.join(valid)}"
             )
     return cls(**options)
+
+
+def check_task(spec: str, options: dict[str, Any]) -> None:
+    """The task exists and its options fit its constructor, without building it.
+
+    Building a dataset task reads its data (a hub download for `gsm8k`), which a config load
+    must not do; option *values* are checked when the run builds the task, before the model.
+    """
+    name, _, path = spec.partition(":")
+    if name not in TASKS:
+        raise unknown_name("task", spec, TASKS)
+    signature = inspect.signature(TASKS[name])
+    kwargs = {"path": path, **options} if path else dict(options)
+    valid = list(signature.parameters)
+    for key in kwargs:
+        if key not in signature.parameters:
+            raise UserError(
+                f"unknown option {key!r} for task {name!r}; valid options: {', '.join(valid)}"
+            )
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise UserError(f"task {spec!r}: {err}; valid options: {', '.join(valid)}") from err
+    check_options = getattr(TASKS[name], "check_options", None)
+    if check_options is not None:  # a task whose options name other tasks (`mix`)
+        check_options(**kwargs)
+
+
+@dataclass
+class TaskConfig:
+    """The `task:` section of a recipe: a task name (or `jsonl:PATH`) and its options."""
+
+    name: str = "arith"
+    options: dict[str, Any] = field(default_factory=dict)

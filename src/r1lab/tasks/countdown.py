@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
-from r1lab.errors import UserError
+from r1lab.core.errors import UserError
+from r1lab.core.types import Example
 from r1lab.tasks.base import Task, last_boxed, register_task, split_of
-from r1lab.types import Example
 
 MAX_EQUATION_CHARS = 200
 """Longer answers are rejected unparsed, which bounds parse time and nesting depth."""

@@ -16,20 +16,19 @@ solution), ``plain`` (the field as is); ``auto`` picks per row.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from r1lab.errors import UserError
+from r1lab.core.errors import UserError
+from r1lab.core.runfiles import Located, read_records
+from r1lab.core.types import Example
 from r1lab.tasks.base import Task, last_boxed, register_task, split_of
 from r1lab.tasks.mathgrade import normalize_math, parse_gold, verify_answer
-from r1lab.types import Example
 
 FORMATS = ("auto", "plain", "gsm8k", "math")
 PROMPT_KEYS = ("question", "problem", "prompt")
@@ -40,7 +39,7 @@ SPLIT_SALT = "r1lab-data"
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _META_SKIP = set(PROMPT_KEYS) | set(ANSWER_KEYS)
-Row = tuple[str, dict[str, Any]]
+Row = Located
 """A record and where it came from (``data/x.jsonl:12`` or ``openai/gsm8k[test] row 5``)."""
 
 
@@ -225,30 +224,6 @@ class RecordTask(Task):
         return normalize_math(answer)
 
 
-def read_jsonl(path: str) -> list[Row]:
-    """Records of a JSONL file; blank lines skipped; errors name the file and 1-based line."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"data file {path!r} not found (working directory: {os.getcwd()})")
-    rows: list[Row] = []
-    try:
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{number}: invalid JSON: {err}") from err
-                if not isinstance(record, dict):
-                    kind = type(record).__name__
-                    raise UserError(f"{path}:{number}: expected a JSON object, got {kind}")
-                rows.append((f"{path}:{number}", record))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err})") from err
-    return rows
-
-
 def _check_fraction(test_fraction: float) -> float:
     if not isinstance(test_fraction, int | float) or not 0.0 <= test_fraction <= 1.0:
         raise UserError(f"option test_fraction must be a number in [0, 1], got {test_fraction!r}")
@@ -278,7 +253,7 @@ class JsonlTask(RecordTask):
     ) -> None:
         super().__init__()
         mapping = FieldMap(prompt_field, answer_field, format, split_field)
-        self._load(read_jsonl(path), mapping, path, _check_fraction(test_fraction))
+        self._load(read_records(path), mapping, path, _check_fraction(test_fraction))
 
 
 # --- Hugging Face hub datasets ----------------------------------------------------------
@@ -344,7 +319,7 @@ class HubTask(RecordTask):
         super().__init__()
         fraction = _check_fraction(test_fraction)
         if path is not None:
-            self._load(read_jsonl(path), self.mapping, path, fraction)
+            self._load(read_records(path), self.mapping, path, fraction)
             return
         for hub_split, ours in self.hub_splits.items():
             rows = load_hub_rows(self.name, self.repo, self.config, hub_split, self.sample)

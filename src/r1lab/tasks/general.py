@@ -1,7 +1,7 @@
 """General prompts: writing, factual QA, self-cognition, which no rule can check.
 
 R1's last RL stage trains on these next to reasoning problems and scores them with reward
-models (`r1lab.reward_model`). Each row of a JSONL file needs a prompt (field `prompt`,
+models (`r1lab.rewards.reward_model`). Each row of a JSONL file needs a prompt (field `prompt`,
 `question` or `instruction`, or the one named by `prompt_field`) and no answer: its examples
 have `answer == ""`, so `Example.checkable` is False, the `accuracy` reward skips them and
 evaluation leaves them out of pass@1. Mix them with a reasoning task through the `mix` task.
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from r1lab.errors import UserError
+from r1lab.core.errors import UserError
+from r1lab.core.runfiles import read_records
+from r1lab.core.types import Example
 from r1lab.tasks.base import Task, register_task, split_of
 from r1lab.tasks.datasets import (
     SPLIT_SALT,
@@ -20,9 +22,7 @@ from r1lab.tasks.datasets import (
     _key,
     _meta,
     _pick,
-    read_jsonl,
 )
-from r1lab.types import Example
 
 GENERAL_PROMPT_KEYS = ("prompt", "question", "instruction")
 
@@ -46,7 +46,7 @@ class GeneralTask(Task):
         mapping = FieldMap(prompt=prompt_field)
         self._splits: dict[str, list[Example]] = {"train": [], "test": []}
         seen: set[str] = set()
-        rows = read_jsonl(path)
+        rows = read_records(path)
         if not rows:
             raise UserError(f"{path}: no records found")
         for where, record in rows:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from r1lab.errors import UserError
-from r1lab.tasks.base import Task, make_task, register_task
-from r1lab.types import Example
+from r1lab.core.errors import UserError
+from r1lab.core.types import Example
+from r1lab.tasks.base import Task, check_task, make_task, register_task
 
 T = TypeVar("T")
 ENTRY_KEYS = ("name", "options", "weight")
@@ -62,8 +62,6 @@ def check_entries(tasks: Any, size: Any = None) -> list[tuple[str, dict[str, Any
     Called at config load (sub-task names and options are checked like a top-level task's,
     without building them) and again when the mix is built.
     """
-    from r1lab.config import check_task
-
     if not isinstance(tasks, list) or not tasks:
         raise UserError("task mix: option tasks must be a non-empty list of sub-task mappings")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):

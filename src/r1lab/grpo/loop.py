@@ -1,0 +1,235 @@
+"""A GRPO run (`r1lab train`): the policy, its reference and rollout engine, stepped by the
+shared run loop (`train.loop`).
+
+`runs/<name>/` holds `config.yaml` (fully resolved), `metrics.jsonl` (one row per step plus
+evaluation rows), `samples.jsonl`, `checkpoints/step-XXXXXX/` (atomic, HF format + trainer
+state) and `final/`. `resume` continues from the newest checkpoint and, on the CPU with the
+same seed, reproduces the rows an uninterrupted run would have written.
+
+Each step (`GRPOJob.step`) reads top to bottom: set the learning rate, sample and score
+(`grpo.step`), build the batch with its old/ref log-probs and run the update
+(`grpo.update`), hand the new weights to the rollout engine, reset the reference every
+`ref_reset_every` steps (R1), and write the metrics and sample rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1lab.core.checkpoint import checkpoint_to_resume, load_state
+from r1lab.core.errors import UserError
+from r1lab.core.memory import DiskBackedWeights, between_phases, configure_allocator, supported
+from r1lab.core.models import compute_context, load_model, pick_device
+from r1lab.core.runfiles import JsonlWriter
+from r1lab.eval.metrics import summarize
+from r1lab.eval.run import sample_and_grade
+from r1lab.grpo.config import Config
+from r1lab.grpo.metrics import sample_rows, step_row
+from r1lab.grpo.step import reward_terms, rollout_step
+from r1lab.grpo.update import UpdateStats, build_batch, make_reference, optimize
+from r1lab.rollout import SamplingParams, make_engine
+from r1lab.tasks import make_task
+from r1lab.text.templates import pick_shots
+from r1lab.train.loop import Schedule, run_loop
+from r1lab.train.optim import build_optimizer, lr_at, set_lr
+from r1lab.train.progress import ProgressDisplay
+from r1lab.train.stream import PromptStream, set_seed
+
+
+def run_dir_of(config: Config) -> Path:
+    return Path(config.train.out_dir) / config.name
+
+
+def train(config: Config, resume: bool | str = False, progress: bool = True) -> Path:
+    """Run GRPO for `config`; returns the run directory.
+
+    `resume=True` requires a checkpoint; `resume="auto"` resumes when one exists and starts
+    fresh otherwise (what `r1lab zero` does, so re-running the demo continues or no-ops).
+    """
+    run_dir = run_dir_of(config)
+    checkpoint = checkpoint_to_resume(run_dir, resume)
+    set_seed(config.train.seed)
+    state = load_state(checkpoint) if checkpoint else None
+    job = GRPOJob(config, run_dir, checkpoint, state)
+    t = config.train
+    schedule = Schedule(
+        t.steps, t.save_every, t.keep_checkpoints, config.eval.every, t.max_bad_steps
+    )
+    return run_loop(
+        job,
+        run_dir,
+        config,
+        schedule,
+        state,
+        lambda total, start: ProgressDisplay(total, start, progress, stats),
+    )
+
+
+def stats(row: dict[str, Any]) -> str:
+    """The progress line's numbers for one step row."""
+    return (
+        f"reward {row.get('reward', 0):.3f}  acc {row.get('accuracy') or 0:.2f}  "
+        f"fmt {row.get('format', 0):.2f}  len {row.get('completion_len_mean', 0):.0f}  "
+        f"{row.get('step_seconds', 0):.1f}s/step"
+    )
+
+
+class GRPOJob:
+    """The GRPO trainer as a `train.loop.Job`: everything a step needs, built once."""
+
+    stop_advice = "Lower optim.lr or check the rewards."
+
+    def __init__(
+        self, config: Config, run_dir: Path, checkpoint: Path | None, state: dict | None
+    ) -> None:
+        self.config = config
+        self.task = make_task(config.task.name, config.task.options)
+        train_examples = self.task.examples("train")
+        # pass@1 is over problems a rule can check: general prompts are left out of evaluation.
+        checkable = [ex for ex in self.task.examples("test") if ex.checkable]
+        self.test_examples = checkable[: config.eval.size]
+        template = config.template
+        self.shots = pick_shots(self.task, train_examples, template.shots, template.shot_style)
+        spec = str(checkpoint or config.model.spec)
+        self.model, self.tokenizer = load_model(spec, config.model.dtype)
+        self.model.to(pick_device(config.model.device))
+        self.ref, self.offloaded = self._reference(run_dir, state)
+        self.ref_reset = state is not None and "ref" in state
+        configure_allocator(release=config.grpo.release_memory)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.stream = PromptStream(train_examples, config.train.seed)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.engine = make_engine(
+            config.generation.engine,
+            self.model,
+            self.tokenizer,
+            max_prompt_tokens=config.generation.max_prompt_tokens,
+            compute_dtype=config.model.compute_dtype,
+            keep_weights=False,
+        )
+        self.terms = reward_terms(config)
+        self.samples = JsonlWriter(run_dir / "samples.jsonl")
+        self.files = [self.samples]
+        self.temperature = max(config.generation.temperature, 1e-6)
+
+    def _reference(self, run_dir: Path, state: dict | None) -> tuple[Any, Any]:
+        """pi_ref (None when beta is 0): the initial policy, or the policy at the last reset
+        (saved with the state); offloaded to a file mapping when the config asks for it."""
+        config = self.config
+        if config.grpo.beta <= 0:
+            return None, None
+        initial = self.model
+        if state is not None:
+            initial = load_model(config.model.spec, config.model.dtype)[0]
+        ref = make_reference(initial.to(self.model.device), config.model.compute_dtype)
+        if state is not None and "ref" in state:
+            ref.load_state_dict(state["ref"])
+        if not config.grpo.offload_reference:
+            return ref, None
+        if not supported() or self.model.device.type != "cpu":
+            raise UserError(
+                "grpo.offload_reference maps the reference's weights to a file in CPU "
+                "memory: it needs Linux and a CPU run; set it false"
+            )
+        return ref, DiskBackedWeights(ref, run_dir)
+
+    def step(self, step: int) -> tuple[dict[str, Any], bool]:
+        config = self.config
+        lr = lr_at(step, config.train.steps, config.optim)
+        set_lr(self.optimizer, lr)
+        rollout = rollout_step(
+            config, self.engine, self.task, self.stream.take, self.tokenizer, self.shots
+        )
+        between_phases()  # the generation's caches
+        update = self._update(rollout.groups, rollout.rewards)
+        began = time.perf_counter()
+        self.engine.sync_weights(self.model)
+        update.seconds["sync"] = time.perf_counter() - began
+        every = config.grpo.ref_reset_every
+        if self.ref is not None and every and step % every == 0:
+            self.ref.load_state_dict(self.model.state_dict())
+            self.ref_reset = True
+            if self.offloaded is not None:
+                self.offloaded.release()
+        if config.train.sample_every and step % config.train.sample_every == 0:
+            for row in sample_rows(step, rollout):
+                self.samples.write(row)
+        return {**step_row(rollout, update, self.task, self.terms), "lr": lr}, update.ok
+
+    def _update(self, groups: list, rewards: list[float]) -> UpdateStats:
+        """The policy update on this step's groups (none kept: nothing to update)."""
+        if not groups:
+            return UpdateStats()
+        config = self.config
+        with compute_context(config.model.compute_dtype, self.model.device):
+            began = time.perf_counter()
+            batch = build_batch(
+                self.model,
+                self.ref,
+                groups,
+                rewards,
+                config.grpo,
+                self.tokenizer.pad_token_id,
+                self.temperature,
+            )
+            logprob_seconds = time.perf_counter() - began
+            if self.offloaded is not None:
+                self.offloaded.release()
+            between_phases()
+            update = optimize(
+                self.model,
+                self.optimizer,
+                batch,
+                config.grpo,
+                self.generator,
+                self.temperature,
+                config.generation.max_new_tokens,
+                config.optim.grad_clip,
+            )
+        update.seconds["logprobs"] = logprob_seconds
+        return update
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Held-out pass@1 over k samples, under a fixed seed that leaves the training RNG
+        alone."""
+        if not self.test_examples:
+            return {}
+        config, ev = self.config, self.config.eval
+        params = SamplingParams(
+            n=ev.k,
+            max_new_tokens=ev.max_new_tokens or config.generation.max_new_tokens,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+            stop=tuple(config.generation.stop),
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(config.train.seed + 1)
+            records = sample_and_grade(
+                self.engine,
+                self.task,
+                self.test_examples,
+                self.tokenizer,
+                config.template.name,
+                params,
+                self.shots,
+            )
+        return {f"eval/{k}": v for k, v in summarize(records).items()}
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "stream": self.stream.state(),
+            "generator": self.generator.get_state(),
+        }
+        if self.ref_reset and self.ref is not None:
+            state["ref"] = self.ref.state_dict()
+        return state
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load(state["stream"])
+        self.generator.set_state(state["generator"])

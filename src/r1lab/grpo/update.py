@@ -1,0 +1,256 @@
+"""The GRPO policy update: tensors of one step, old/ref log-probs, and mu passes of minibatch
+optimizer steps by gradient accumulation.
+
+    batch = build_batch(model, ref, rollout.groups, rollout.rewards, grpo, ...)   # once
+    stats = optimize(model, optimizer, batch, grpo, ...)   # mu x minibatches optimizer steps
+
+Every micro-batch divides by its *minibatch's* loss normaliser (`algos.loss_normalizer`), so
+the accumulated gradient never depends on `micro_batch_size`. The policy loss, the KL
+estimator, the advantage scale and the aggregation are looked up by name in the registries of
+`grpo.algos`: the update never branches on a variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from r1lab.core.memory import between_phases
+from r1lab.core.models import cast_parameters
+from r1lab.core.types import RolloutBatch
+from r1lab.grpo.algos import (
+    POLICY_LOSSES,
+    aggregate,
+    group_advantages,
+    kl_penalty,
+    loss_normalizer,
+    masked_mean,
+)
+from r1lab.grpo.config import GRPOConfig
+from r1lab.rollout.base import Generation
+from r1lab.rollout.hf import left_pad
+from r1lab.train.logprobs import prefix_logprobs
+
+
+@dataclass
+class UpdateStats:
+    """What the update did this step: optimizer steps taken and skipped (non-finite loss),
+    the means of their loss statistics, and where the time went (seconds per phase)."""
+
+    updates: float = 0.0
+    skipped_updates: float = 0.0
+    loss: float | None = None
+    kl: float = 0.0
+    clip_frac: float = 0.0
+    entropy: float | None = None
+    grad_norm: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # logprobs, policy, optimizer, sync
+
+    @property
+    def ok(self) -> bool:
+        """False when every optimizer step of the step was skipped (a bad step)."""
+        return not (self.skipped_updates and not self.updates)
+
+
+def collate(
+    groups: Sequence[Sequence[Generation]], pad_id: int, mask_truncated: bool
+) -> dict[str, torch.Tensor]:
+    """Tensors of one step: each group's prompt once, its completions right-padded.
+
+    Returns prompt_ids/prompt_mask [U, Tp], rows [B], completion_ids/completion_attn [B, Tc]
+    and the loss mask completion_mask [B, Tc] (zeroed for truncated completions when
+    `mask_truncated`: DAPO's overlong filtering).
+    """
+    prompt_ids, prompt_mask = left_pad([grp[0].prompt_ids for grp in groups], pad_id)
+    flat = [g for grp in groups for g in grp]
+    rows = torch.tensor([u for u, grp in enumerate(groups) for _ in grp], dtype=torch.long)
+    width = max(1, max(len(g.completion_ids) for g in flat))
+    ids = torch.full((len(flat), width), pad_id, dtype=torch.long)  # [B, Tc]
+    attn = torch.zeros((len(flat), width), dtype=torch.long)  # [B, Tc]
+    loss_mask = torch.zeros((len(flat), width), dtype=torch.float32)  # [B, Tc]
+    for i, g in enumerate(flat):
+        n = len(g.completion_ids)
+        ids[i, :n] = torch.tensor(g.completion_ids, dtype=torch.long)
+        attn[i, :n] = 1
+        loss_mask[i, :n] = float(g.finished or not mask_truncated)
+    return dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        rows=rows,
+        completion_ids=ids,
+        completion_attn=attn,
+        completion_mask=loss_mask,
+    )
+
+
+def rows_logprobs(
+    model: Any,
+    batch: RolloutBatch,
+    index: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+    checkpoint_layers: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [m, Tc] of the completions `index`, running each of their prompts once."""
+    prompts, rows = torch.unique(batch.rows[index], return_inverse=True)
+    return prefix_logprobs(
+        model,
+        batch.prompt_ids[prompts],
+        batch.prompt_mask[prompts],
+        rows,
+        batch.completion_ids[index],
+        batch.completion_attn[index],
+        with_entropy=with_entropy,
+        temperature=temperature,
+        checkpoint_layers=checkpoint_layers,
+    )
+
+
+@torch.no_grad()
+def batch_logprobs(model: Any, batch: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
+    """Log-probs of every completion token under `model`, in micro-batches: [B, Tc]."""
+    parts = [
+        rows_logprobs(model, batch, torch.arange(s, min(s + micro, batch.size)), temperature)[0]
+        for s in range(0, batch.size, micro)
+    ]
+    return torch.cat(parts)
+
+
+def minibatch_loss(
+    model: Any,
+    batch: RolloutBatch,
+    index: torch.Tensor,
+    g: GRPOConfig,
+    temperature: float,
+    max_len: int,
+) -> dict[str, float]:
+    """Forward/backward one minibatch by micro-batches; gradients accumulate in `model`.
+
+    Every micro-batch divides by the *minibatch's* normaliser, so the summed gradient is the
+    same however the minibatch is split (the loss scale never depends on micro_batch_size).
+    `temperature` is the sampling temperature (log-probs of the distribution sampled from);
+    `max_len` the generation limit (Dr. GRPO's constant normaliser).
+    """
+    policy_loss = POLICY_LOSSES.pick(g.policy_loss)
+    mask_all = batch.completion_mask[index]  # [M, Tc]
+    normalizer = loss_normalizer(mask_all, g.loss_agg)
+    totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
+    tokens = float(mask_all.sum().clamp(min=1))
+    for start in range(0, len(index), g.micro_batch_size):
+        between_phases()  # the last micro-batch's activations
+        idx = index[start : start + g.micro_batch_size]
+        mask = batch.completion_mask[idx]  # [m, Tc]
+        logp, entropy = rows_logprobs(
+            model,
+            batch,
+            idx,
+            temperature,
+            with_entropy=True,
+            checkpoint_layers=g.activation_checkpointing,
+        )  # [m, Tc]
+        old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
+        per_token, stats = policy_loss(
+            logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
+        )  # [m, Tc]
+        weight = float(mask.sum()) / tokens
+        if batch.ref_logp is not None:
+            kl = kl_penalty(logp, batch.ref_logp[idx], g.kl)  # [m, Tc]
+            per_token = per_token + g.beta * kl
+            totals["kl"] += float(masked_mean(kl.detach(), mask)) * weight
+        loss = aggregate(per_token, mask, g.loss_agg, max_len, normalizer)
+        between_phases()  # the forward's temporaries, before the backward's peak
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        totals["clip_frac"] += float(stats["clip_frac"]) * weight
+        totals["entropy"] += float(masked_mean(entropy.detach(), mask)) * weight
+    return totals
+
+
+def optimize(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    g: GRPOConfig,
+    generator: torch.Generator,
+    temperature: float,
+    max_len: int,
+    grad_clip: float,
+) -> UpdateStats:
+    """mu passes of `minibatches` optimizer steps each; a non-finite loss skips its update.
+
+    A minibatch holds batch_size / minibatches sequences, as configured; a smaller batch
+    (dynamic sampling that ran out of resamples) makes fewer, not smaller, optimizer steps,
+    and every sequence is used.
+    """
+    size = max(1, g.batch_size // g.minibatches)  # sequences per optimizer step
+    logs: list[dict[str, float]] = []
+    skipped, policy_seconds, optimizer_seconds = 0, 0.0, 0.0
+    for _ in range(g.mu):
+        if g.minibatches > 1:
+            order = torch.randperm(batch.size, generator=generator)
+        else:
+            order = torch.arange(batch.size)
+        for index in order.split(size):
+            optimizer.zero_grad(set_to_none=True)
+            began = time.perf_counter()
+            stats = minibatch_loss(model, batch, index, g, temperature, max_len)
+            policy_seconds += time.perf_counter() - began
+            began = time.perf_counter()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if not (torch.isfinite(norm) and torch.isfinite(torch.tensor(stats["loss"]))):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            between_phases()
+            optimizer_seconds += time.perf_counter() - began
+            stats["grad_norm"] = float(norm)
+            logs.append(stats)
+    optimizer.zero_grad(set_to_none=True)
+    means = {k: sum(s[k] for s in logs) / len(logs) for k in logs[0]} if logs else {}
+    seconds = {"policy": policy_seconds, "optimizer": optimizer_seconds}
+    return UpdateStats(float(len(logs)), float(skipped), seconds=seconds, **means)
+
+
+def build_batch(
+    model: Any,
+    ref_model: Any | None,
+    groups: Sequence[Sequence[Generation]],
+    rewards: Sequence[float],
+    g: GRPOConfig,
+    pad_id: int,
+    temperature: float,
+) -> RolloutBatch:
+    """Tensors, advantages and the once-per-step old/ref log-probs for the optimisation."""
+    reward_t = torch.tensor(rewards, dtype=torch.float32)  # [B]
+    batch = RolloutBatch(
+        **collate(groups, pad_id, g.mask_truncated),
+        advantages=group_advantages(reward_t, g.group_size, g.advantage_scale),
+        rewards=reward_t,
+    ).to(model.device)
+    if g.mu * g.minibatches > 1:
+        batch.old_logp = batch_logprobs(model, batch, g.micro_batch_size, temperature)
+    if ref_model is not None and g.beta > 0:
+        batch.ref_logp = batch_logprobs(ref_model, batch, g.micro_batch_size, temperature)
+    return batch
+
+
+def make_reference(model: Any, compute_dtype: str = "float32") -> Any:
+    """A frozen copy of the policy: pi_ref for the KL term.
+
+    It only ever runs forward passes under `compute_dtype` autocast, where its matmuls are
+    done in that dtype anyway; so with bf16 compute it is stored in bf16: half the memory, and
+    no autocast cache of cast weights next to it.
+    """
+    ref = copy.deepcopy(model)
+    if compute_dtype != "float32":
+        cast_parameters(ref, getattr(torch, compute_dtype))
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref

@@ -1,0 +1,139 @@
+"""A generative judge: a language model that says whether a prediction matches a reference.
+
+R1's stage 3 kept samples of prompts no rule can check when "a generative reward model"
+(DeepSeek-V3, fed the ground truth and the prediction) judged them correct. Here any model
+spec can judge: it reads the question, the reference answer (when there is one) and the
+prediction's final summary, and answers in one word. Decoding is greedy, so a verdict is a
+function of its inputs and a resumed run reproduces it. The verdict parser is lenient about
+wording (`Correct`, `**Incorrect**`, `Yes.`, `not correct`) and returns None when the judge
+said nothing it recognises; such a sample is not kept.
+
+Where a reference comes from: a rule-checkable example's gold `answer`; for a general prompt
+(`general:` task, which has no answer), a `reference` field of its JSONL row, e.g.
+`{"prompt": "Name the capital of France.", "reference": "Paris"}` (the task keeps short
+fields under 200 characters in `Example.meta`). Without one the judge sees the question alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from r1lab.core.types import Example
+from r1lab.text.formats import SPECIAL_TOKEN, summary_text
+
+INSTRUCTION = (
+    "You are grading an answer to a question.\n"
+    "Question: {question}\n"
+    "{reference}"
+    "Answer to grade: {prediction}\n"
+    "Is the answer to grade correct? Reply with one word: Correct or Incorrect."
+)
+REFERENCE_LINE = "Reference answer: {reference}\n"
+_VERDICT_RE = re.compile(
+    r"\b(not\s+correct|not\s+right|incorrect|wrong|false|no|correct|right|true|yes)\b",
+    re.IGNORECASE,
+)
+_POSITIVE = {"correct", "right", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool | None  # None: the judge's text held no recognisable verdict
+    text: str  # what the judge wrote
+
+
+def judge_prompt(question: str, reference: str, prediction: str) -> str:
+    """The judge's instruction for one prediction (no reference line without a reference).
+
+    >>> print(judge_prompt("2+2?", "4", "It is 4."))
+    You are grading an answer to a question.
+    Question: 2+2?
+    Reference answer: 4
+    Answer to grade: It is 4.
+    Is the answer to grade correct? Reply with one word: Correct or Incorrect.
+    """
+    line = REFERENCE_LINE.format(reference=reference) if reference.strip() else ""
+    return INSTRUCTION.format(question=question, reference=line, prediction=prediction)
+
+
+def parse_verdict(text: str) -> bool | None:
+    """The first verdict word of the judge's text: True, False, or None when there is none.
+
+    >>> parse_verdict("**Correct**"), parse_verdict("Incorrect."), parse_verdict("not correct")
+    (True, False, False)
+    >>> parse_verdict("Yes, it matches"), parse_verdict("I cannot tell") is None
+    (True, True)
+    """
+    match = _VERDICT_RE.search(text)
+    if match is None:
+        return None
+    return " ".join(match.group(1).lower().split()) in _POSITIVE
+
+
+def judge_inputs(
+    example: Example,
+    text: str,
+    answer: str | None,
+    style: str = "think",
+    special_token: str = SPECIAL_TOKEN,
+) -> tuple[str, str, str]:
+    """(question, reference, prediction) the judge reads for one response.
+
+    The reference is the gold answer, else a general prompt's `reference` field; the
+    prediction is the summary after the reasoning, else the extracted answer, else "".
+
+    >>> ex = Example("g1", "Capital of France?", "", meta={"reference": "Paris"})
+    >>> judge_inputs(ex, "<think>hm</think><answer>Paris.</answer>", "Paris.")
+    ('Capital of France?', 'Paris', 'Paris.')
+    """
+    reference = example.answer.strip() or str(example.meta.get("reference", "")).strip()
+    prediction = summary_text(text, style, special_token) or (answer or "").strip()
+    return example.prompt, reference, prediction
+
+
+class Judge:
+    """A judge model behind a rollout engine, decoding greedily."""
+
+    def __init__(
+        self, spec: str, dtype: str = "float32", max_new_tokens: int = 8, device: str = "auto"
+    ) -> None:
+        import torch
+
+        from r1lab.core.models import load_model
+        from r1lab.rollout import SamplingParams, make_engine
+
+        model, self.tokenizer = load_model(spec, dtype)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(torch.device(device))
+        # a prompt is cut (from the left) only where it exceeds the judge's own context
+        context = getattr(model.config, "max_position_embeddings", None) or 2048
+        room = max(1, context - max_new_tokens)
+        self.engine = make_engine("prefix", model, self.tokenizer, max_prompt_tokens=room)
+        self.params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+
+    def render(self, instruction: str) -> Any:
+        """The instruction as a user turn of the judge's chat template (plain text without)."""
+        from r1lab.text.templates import Prompt
+
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": instruction}]
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return Prompt(text, add_special_tokens=False)
+        return Prompt(f"{instruction}\nVerdict:")
+
+    def verdicts(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        """One verdict per (question, reference, prediction); an empty prediction is wrong."""
+        asked = [i for i, (_, _, prediction) in enumerate(items) if prediction.strip()]
+        prompts = [self.render(judge_prompt(*items[i])) for i in asked]
+        groups = self.engine.generate(prompts, self.params) if prompts else []
+        texts = [group[0].text for group in groups]
+        found = [Verdict(False, "")] * len(items)
+        for i, text in zip(asked, texts, strict=True):
+            found[i] = Verdict(parse_verdict(text), text)
+        return found

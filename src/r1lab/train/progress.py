@@ -1,0 +1,48 @@
+"""What a trainer shows while it runs: one live progress line, and log messages beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+_CONSOLE = Console(stderr=True)
+
+
+def log(message: str) -> None:
+    """A message for the user on stderr (above a live progress line, when one is shown)."""
+    _CONSOLE.log(message)
+
+
+class ProgressDisplay:
+    """One live line: step, the trainer's key metrics (`stats` of the last row), ETA."""
+
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        enabled: bool = True,
+        stats: Callable[[dict[str, Any]], str] = lambda row: "",
+    ) -> None:
+        self.stats = stats
+        self.progress = Progress(
+            TextColumn("[bold]step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=_CONSOLE,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+
+    def __enter__(self) -> ProgressDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        self.progress.update(self.task, completed=step, stats=self.stats(row))

@@ -1,0 +1,88 @@
+"""Preflight on a tiny random model: samples carry every reward term, and the traps are
+reported (constant rewards, a prefilled `<think>`, prompts over the limit, truncation)."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1lab.grpo.config import build_config
+from r1lab.grpo.preflight import preflight
+
+
+def tiny_config(**sections):
+    raw = {
+        "model": {"spec": "tiny:llama"},
+        "generation": {"max_new_tokens": 8},
+        "task": {"name": "arith", "options": {"digits": 1}},
+        "rewards": [
+            {"name": "accuracy", "weight": 1.0},
+            {"name": "format", "weight": 0.5},
+            {"name": "tag_count", "weight": 0.25},
+        ],
+    }
+    raw.update(sections)
+    return build_config(raw)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return preflight(tiny_config(), prompts=2, samples=3)
+
+
+def test_samples_carry_every_reward_term(report):
+    assert len(report.samples) == 2 * 3
+    assert len({s["id"] for s in report.samples}) == 2
+    weights = {"accuracy": 1.0, "format": 0.5, "tag_count": 0.25}
+    for sample in report.samples:
+        assert set(sample["terms"]) == set(weights)
+        total = sum(weights[k] * (v or 0.0) for k, v in sample["terms"].items())
+        assert sample["reward"] == pytest.approx(total)
+        assert sample["prompt"].endswith(". Assistant:")  # the default r1_zero template
+        assert 0 < sample["tokens"] <= 8
+        assert isinstance(sample["completion"], str)
+
+
+def test_a_random_model_gets_constant_reward_warnings(report):
+    # A random 2-layer model never writes <think>...</think><answer>...</answer>.
+    assert all(s["terms"]["format"] == 0.0 for s in report.samples)
+    assert any("reward 'format' is 0.0 for all 6 samples" in w for w in report.warnings)
+    assert any("reward 'accuracy'" in w and "no learning signal" in w for w in report.warnings)
+    assert any("total reward is constant" in w for w in report.warnings)
+
+
+def test_truncation_is_reported(report):
+    truncated = sum(not s["finished"] for s in report.samples)
+    assert truncated > 0  # 8 tokens of random text rarely end on EOS
+    assert any(f"{truncated}/6 samples hit" in w for w in report.warnings)
+
+
+def test_prompt_token_counts(report):
+    assert len(report.prompt_tokens) == 2
+    assert all(20 < n < 200 for n in report.prompt_tokens)
+
+
+def test_prompts_over_the_limit_are_reported():
+    config = tiny_config(generation={"max_new_tokens": 2, "max_prompt_tokens": 16})
+    report = preflight(config, prompts=1, samples=2)
+    assert any("over generation.max_prompt_tokens=16" in w for w in report.warnings)
+
+
+def test_chat_think_warns_about_the_prefill():
+    config = tiny_config(template={"name": "chat_think"}, generation={"max_new_tokens": 2})
+    report = preflight(config, prompts=1, samples=2)
+    assert any("prefills '<think>'" in w for w in report.warnings)
+    assert report.samples[0]["prompt"].endswith("<think>\n")
+
+
+def test_r1_zero_does_not_warn_about_a_prefill(report):
+    assert not any("prefills" in w for w in report.warnings)
+
+
+def test_shots_are_not_asked_as_questions():
+    config = tiny_config(template={"name": "r1_zero", "shots": 1}, generation={"max_new_tokens": 2})
+    report = preflight(config, prompts=2, samples=2)
+    for sample in report.samples:
+        question = sample["prompt"].rsplit("User: ", 1)[1]
+        assert question.count("What is") == 1
+        first_question = sample["prompt"].split("User: ", 2)[1]
+        assert first_question != question  # the worked example is a different problem
