@@ -74,3 +74,21 @@ def test_preflight_cli_end_to_end():
             assert term in line
     assert "prompt tokens:" in out
     assert "Traceback" not in result.stderr
+
+
+def test_the_builtin_model_as_judge_keeps_to_the_verdict_format():
+    """Real outputs of a small judge parse: the prefilled `Verdict:` line leaves it no room to
+    ramble first (its verdicts are not trusted here, only their form)."""
+    from r1lab.sample.judge import Judge, parse_verdict
+
+    judge = Judge(DEFAULT_MODEL, max_new_tokens=8)
+    items = [
+        ("What is 2 + 2?", "4", "The answer is 4."),
+        ("What is 2 + 2?", "4", "The answer is 5."),
+        ("What is the capital of France?", "Paris", "Paris"),
+        ("What is 7 * 6?", "42", "It is 48."),
+    ]
+    verdicts = judge.verdicts(items)
+    for verdict in verdicts:
+        assert verdict.text.startswith("Verdict:")
+        assert verdict.correct is not None and verdict.correct is parse_verdict(verdict.text)

@@ -35,9 +35,15 @@ from typing import Any
 
 import yaml
 
-from r1lab.core.config import apply_overrides, check_kind, from_dict, load_kind_recipe
+from r1lab.core.config import (
+    apply_overrides,
+    check_kind,
+    check_name,
+    from_dict,
+    load_kind_recipe,
+)
 from r1lab.core.errors import UserError
-from r1lab.core.runfiles import write_atomic
+from r1lab.core.runfiles import check_out_dir, write_atomic
 from r1lab.sample.config import SampleConfig, build_sample_config
 from r1lab.sft.config import SFTConfig, build_sft_config
 
@@ -123,8 +129,7 @@ def build_distill_config(
     top = from_dict(
         DistillConfig, {k: v for k, v in raw.items() if k not in ("teacher", "student")}
     )
-    if not top.name:
-        raise UserError("name must not be empty: the output goes to out_dir/name")
+    check_name("name", top.name)
     teacher = _part("teacher", build_sample_config, teacher_raw(raw, top.out))
     student = _part("student", build_sft_config, student_raw(raw, top.out))
     return dataclasses.replace(top, teacher=teacher, student=student)
@@ -148,6 +153,7 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
     from r1lab.sft.loop import sft
 
     out = config.out
+    check_out_dir(out)
     started = (out / TEACHER_DIR).exists() or (out / STUDENT_DIR).exists()
     if resume is True and not started:
         raise UserError(f"--resume: no distillation in {out} to continue")

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from r1lab.core.errors import UserError
+from r1lab.core.gguf import BUILTINS, cache_dir
 from r1lab.core.models import (
-    BUILTINS,
     DEFAULT_MODEL,
     TINY_ARCHS,
-    cache_dir,
     list_models,
     load_model,
     load_tokenizer,
@@ -214,3 +213,16 @@ def test_model_device_is_validated_at_load_time(device):
 
     with pytest.raises(UserError, match="model.device"):
         build_config({"model": {"device": device}})
+
+
+def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_cache):
+    """No retries for most of a minute: one probe, one clear line, no download attempted."""
+    import transformers
+
+    for key in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    asked = lambda *a, **k: pytest.fail("transformers asked the hub")  # noqa: E731
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", asked)
+    with pytest.raises(UserError, match=r"'someorg/x'.*cannot be reached.*127\.0\.0\.1:9"):
+        load_model("someorg/x")

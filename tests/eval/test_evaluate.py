@@ -122,6 +122,10 @@ def rows_of(pid: str, votes: list[tuple[str | None, bool]]) -> list[dict]:
         ([("3", False), ("7", True), ("7", True), ("3", False)], 0.0, 0.5),  # tie, first wrong
         ([(None, False), (None, False), ("7", True)], 1.0, 1 / 3),  # None does not vote
         ([(None, False), (None, False)], 0.0, 0.0),
+        # the voted answer is graded as itself: a class whose first answer is wrong fails,
+        # whatever another sample that normalised alike was graded
+        ([("7", False), ("7", True), ("3", False)], 0.0, 1 / 3),
+        ([("7", True), ("7", False), ("3", False)], 1.0, 1 / 3),
     ],
 )
 def test_cons_at_k_on_vote_tables(votes, cons, pass1):
@@ -182,9 +186,13 @@ def test_greedy_forces_k_1_with_a_note():
     assert settings.greedy
 
 
-@pytest.mark.parametrize("bad", [dict(k=0), dict(top_p=0.0), dict(max_new_tokens=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(k=0), dict(top_p=0.0), dict(max_new_tokens=0), dict(temperature=-1), dict(shots=-1)],
+)
 def test_bad_settings_are_user_errors(bad):
-    with pytest.raises(UserError):
+    """Never silently something else: a negative temperature is not greedy decoding."""
+    with pytest.raises(UserError, match=next(iter(bad))):
         make_settings("tiny:llama", "arith", **bad)
 
 
@@ -405,3 +413,35 @@ def test_shots_come_from_train_in_the_training_style(tmp_path, monkeypatch, styl
     summary = run_eval("tiny:llama", "arith", limit=1, k=1, shots=2, shot_style=style, out_dir=out)
     assert seen == [pick_shots(task, task.examples("train"), 2, style)]
     assert (summary["settings"]["shots"], summary["settings"]["shot_style"]) == (2, style)
+
+
+class _R1Engine:
+    """Answers every problem in R1's readable format."""
+
+    def generate(self, prompts, params):
+        text = "|special_token| 1 + 1 = 2 |special_token| The answer is \\boxed{2}."
+        return [[Generation([1], [2, 3], text, True)] * params.n for _ in prompts]
+
+
+def test_format_is_judged_in_the_runs_own_style():
+    from r1lab.rollout import SamplingParams
+    from r1lab.tasks import make_task
+    from r1lab.text.formats import OutputFormat
+
+    task = make_task("arith", {"digits": 1})
+    examples = task.examples("test", limit=2)
+    params = SamplingParams(n=2)
+    think = evaluate.sample_and_grade(_R1Engine(), task, examples, None, "r1_zero", params)
+    r1 = evaluate.sample_and_grade(
+        _R1Engine(), task, examples, None, "r1_zero", params, (), OutputFormat("r1")
+    )
+    assert {r["format"] for r in think} == {False} and {r["format"] for r in r1} == {True}
+
+
+def test_the_style_is_a_setting_and_older_settings_still_match():
+    think, _ = make_settings("tiny:llama", "arith")
+    r1, _ = make_settings("tiny:llama", "arith", style="r1")
+    assert "style" not in think.to_json()  # an evaluation written before the setting matches
+    assert r1.to_json()["style"] == "r1" and default_out_dir(r1) != default_out_dir(think)
+    with pytest.raises(UserError, match="format style"):
+        make_settings("tiny:llama", "arith", style="xml")

@@ -332,3 +332,22 @@ def test_dynamic_sampling_gives_up_after_max_resample(monkeypatch, tiny_llama, t
     assert out.groups == [] and out.rewards == []
     assert draw.requests == [2, 2, 2]  # the first draw and max_resample=2 refills
     assert out.zero_std_frac == 1.0
+
+
+def test_step_format_metric_is_judged_in_the_runs_own_style():
+    """A run in R1's readable style reports its format, not 0 for want of <think> tags."""
+    from r1lab.grpo.metrics import step_row
+    from r1lab.grpo.step import StepRollout
+    from r1lab.grpo.update import UpdateStats
+    from r1lab.rewards import RewardTerm
+    from r1lab.tasks import make_task
+    from r1lab.text.templates import Prompt
+
+    text = "|special_token| 2 + 2 = 4 |special_token| The answer is \\boxed{4}."
+    example = Example(id="q", prompt="What is 2 + 2?", answer="4")
+    group = [Generation([1], [2, 3], text, True)] * 2
+    rollout = StepRollout([example], [Prompt("Q")], [group], [1.0, 1.0], {})
+    task = make_task("arith")
+    r1 = [RewardTerm("format", params={"style": "r1"})]
+    assert step_row(rollout, UpdateStats(), task, r1)["format"] == 1.0
+    assert step_row(rollout, UpdateStats(), task, [RewardTerm("format")])["format"] == 0.0

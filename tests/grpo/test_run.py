@@ -168,13 +168,21 @@ def test_checkpoints_are_plain_hf_dirs_with_trainer_state_and_pruned(finished):
     config, run_dir = finished
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["step-000002", "step-000003"]  # keep_checkpoints=2 pruned step 1
-    for name in names:
-        state = torch.load(run_dir / "checkpoints" / name / STATE_FILE, weights_only=False)
-        assert state["step"] == int(name.split("-")[1])
-        assert {"optimizer", "stream", "generator", "rng"} <= state.keys()
+    state = torch.load(run_dir / "checkpoints" / names[-1] / STATE_FILE, weights_only=False)
+    assert state["step"] == 3
+    assert {"optimizer", "stream", "generator", "rng"} <= state.keys()
+    # only the newest keeps its trainer state: a resume never starts from an older one
+    assert not (run_dir / "checkpoints" / names[0] / STATE_FILE).exists()
     last = weights(run_dir / "checkpoints" / "step-000003")
     assert same_weights(weights(run_dir / "final"), last)
     assert not same_weights(weights(run_dir / "checkpoints" / "step-000002"), last)
+
+
+def test_a_run_that_keeps_final_only_deletes_its_checkpoints_when_done(tmp_path):
+    config = make_config(tmp_path, "train.final_only=true", "train.steps=2", "eval.size=0")
+    run_dir = train(config, progress=False)
+    assert (run_dir / "final" / "config.json").exists()
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_plot_command_writes_the_three_figures(finished, capsys):

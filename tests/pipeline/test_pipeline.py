@@ -175,8 +175,9 @@ def test_language_consistency_is_the_thought_share_in_the_target_language(tmp_pa
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert language_consistency(path, {"a", "b"}, "en") == pytest.approx((0.6 + 1.0) / 2)
-    assert language_consistency(path, {"a"}, "zh") == pytest.approx(0.4)
+    # "we add them 所以": 9 Latin letters of 11; "1+1=2" has none: consistent, 1.0
+    assert language_consistency(path, {"a", "b"}, "en") == pytest.approx((9 / 11 + 1 + 1) / 3)
+    assert language_consistency(path, {"a"}, "zh") == pytest.approx((2 / 11 + 1) / 2)
     assert language_consistency(path, set(), "en") is None
 
 

@@ -140,14 +140,22 @@ def test_accuracy_without_task_is_a_clear_error():
 def test_language_consistency_pure_and_mixed():
     english = "<think>First add one and one, the sum is two.</think><answer>2</answer>"
     chinese = "<think>首先把一和一相加</think><answer>2</answer>"
-    # 3 Latin words (Let, me, check) and 4 Han characters (我们计算), counted one word each.
+    # 10 Latin letters (Let, me, check) and 4 Han characters (我们计算): one letter, one count
     mixed = "<think>Let me check 我们计算 = 2</think><answer>2</answer>"
     batch = inputs_for([english, chinese, mixed])
     fn = REWARDS["language_consistency"]
-    assert fn(batch) == [1.0, 0.0, pytest.approx(3 / 7)]
-    assert fn(batch, language="zh") == [0.0, 1.0, pytest.approx(4 / 7)]
+    assert fn(batch) == [1.0, 0.0, pytest.approx(10 / 14)]
+    assert fn(batch, language="zh") == [0.0, 1.0, pytest.approx(4 / 14)]
     batch.language = "zh"  # the run's target language is the default
-    assert fn(batch) == [0.0, 1.0, pytest.approx(4 / 7)]
+    assert fn(batch) == [0.0, 1.0, pytest.approx(4 / 14)]
+
+
+def test_a_thought_without_words_is_consistent_not_below_a_mixed_one():
+    """Inside a group, pure arithmetic must not score below a half-foreign thought."""
+    symbolic = "<think>59 + 67 = 126</think><answer>126</answer>"
+    half_chinese = "<think>we add 我们相加</think><answer>126</answer>"
+    values = REWARDS["language_consistency"](inputs_for([symbolic, half_chinese]))
+    assert values[0] == 1.0 and values[0] > values[1]
 
 
 def test_language_consistency_looks_at_the_thought_only():
@@ -157,15 +165,15 @@ def test_language_consistency_looks_at_the_thought_only():
     text = "we add them</think><answer>二</answer>"
     assert one("language_consistency", text, prefill="<think>\n") == 1.0
     # Without think tags the whole response is the thought.
-    assert one("language_consistency", "we add 二") == pytest.approx(2 / 3)
+    assert one("language_consistency", "we add 二") == pytest.approx(5 / 6)
 
 
-def test_language_consistency_ignores_math_and_has_none_without_words():
+def test_language_consistency_ignores_math_and_is_neutral_without_words():
     # Single-letter variables, LaTeX commands and numbers count for no language.
     text = r"<think>设 x = 3，则 \frac{x}{2} = 1.5</think>"
     assert one("language_consistency", text, language="zh") == 1.0
-    assert one("language_consistency", "<think>12 * 3 = 36</think><answer>36</answer>") is None
-    assert one("language_consistency", "") is None
+    assert one("language_consistency", "<think>12 * 3 = 36</think><answer>36</answer>") == 1.0
+    assert one("language_consistency", "") == 1.0
 
 
 @pytest.mark.parametrize(
@@ -174,7 +182,9 @@ def test_language_consistency_ignores_math_and_has_none_without_words():
         ("ja", "ひらがなとカタカナと漢字", 2 / 12),  # 漢字 are Han, so they count for zh too
         ("ko", "안녕하세요 세계", 0.0),
         ("ru", "Привет мир", 0.0),
-        ("ar", "مَرْحَبًا بالعالم", 0.0),  # diacritics stay inside the word
+        ("ar", "مَرْحَبًا بالعالم", 0.0),  # diacritics are part of the script
+        ("fa", "سلام دنیا", 0.0),
+        ("ur", "ہیلو دنیا", 0.0),
         ("en", "Hello world", 0.0),
     ],
 )
@@ -279,7 +289,7 @@ def test_r1_language_consistency_reads_the_reasoning_between_the_delimiters():
         "|special_token| 3 + 4 = 7 |special_token| The answer is seven.",  # no words in thought
     ]
     fn = REWARDS["language_consistency"]
-    assert fn(inputs_for(texts), style="r1") == [pytest.approx(3 / 5), None]
+    assert fn(inputs_for(texts), style="r1") == [pytest.approx(9 / 11), 1.0]
     assert fn(inputs_for(texts))[1] == pytest.approx(1.0)  # the tag style sees it all as thought
 
 

@@ -41,9 +41,35 @@ def test_single_language(text, language, ok):
     assert single_language(text, language, 0.95) is ok
 
 
-def test_single_language_threshold_is_a_share_of_words():
-    text = "one two three four five six seven eight nine 十"  # 9 of 10 words English
+def test_single_language_threshold_is_a_share_of_letters():
+    text = "abc def ghi 十"  # 9 of 10 letters Latin
     assert single_language(text, "en", 0.9) and not single_language(text, "en", 0.91)
+
+
+@pytest.mark.parametrize(
+    ("check", "text"),
+    [
+        ("code_block", "<think>I write f.</think><answer>```python\nf = 1\n```</answer>"),
+        ("language", "<think>we add them</think><answer>答案是 7</answer>"),
+        ("paragraph", "<think>short</think><answer>" + "x" * 300 + "</answer>"),
+    ],
+)
+def test_readability_filters_read_the_thought_by_default(check, text):
+    """R1 filtered the chain of thought: code, another language or a long paragraph in the
+    final answer is kept, unless the filters are scoped to the whole response."""
+    thought = FiltersConfig(format=False, require_summary=False, max_paragraph_chars=200)
+    whole = FiltersConfig(
+        format=False, require_summary=False, max_paragraph_chars=200, scope="response"
+    )
+    assert text_checks(text, thought)[check] is True
+    assert text_checks(text, whole)[check] is False
+
+
+def test_code_in_the_thought_is_dropped_in_either_scope():
+    text = "<think>```python\nprint(1)\n```</think><answer>1</answer>"
+    for scope in ("cot", "response"):
+        filters = FiltersConfig(format=False, require_summary=False, scope=scope)
+        assert text_checks(text, filters)["code_block"] is False
 
 
 def test_paragraphs_are_separated_by_blank_lines():
@@ -165,6 +191,13 @@ def test_short_texts_are_one_shingle():
         ("", None),
         ("I cannot tell", None),
         ("Note: hmm", None),
+        # read from the end: the verdict line, else the last verdict word
+        ("No errors; the prediction is correct", True),
+        ("Verdict: incorrect", False),
+        (" correct", True),  # what follows the prefilled `Verdict:`
+        ("It looks correct at first, but no. Verdict: incorrect", False),
+        ("Verdict: correct\nVerdict: incorrect", False),
+        ("Wrong units? No, fine. Verdict: **correct**", True),
     ],
 )
 def test_parse_verdict(text, verdict):

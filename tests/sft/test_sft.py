@@ -86,7 +86,7 @@ def model(tiny_llama):
 # --------------------------------------------------------------------------- the loss mask
 def test_loss_targets_are_exactly_the_completion_and_eos(tokenizer):
     row = SFTRow("r", "What is 2 + 3?", "<think> 2 + 3 = 5 </think> <answer> 5 </answer>", "t")
-    seq = encode_row(row, tokenizer, "r1_zero")
+    (seq,) = encode_row(row, tokenizer, "r1_zero")
     prompt = render("r1_zero", row.prompt, tokenizer)
     assert list(seq.ids[: seq.start]) == tokenizer(prompt.text).input_ids
     assert seq.ids[-1] == tokenizer.eos_token_id
@@ -96,13 +96,65 @@ def test_loss_targets_are_exactly_the_completion_and_eos(tokenizer):
 
 def test_a_template_prefill_is_in_the_prompt_not_in_the_targets(tokenizer):
     row = SFTRow("r", "What is 2 + 3?", "<think> so 5 </think> <answer> 5 </answer>", "t")
-    seq = encode_row(row, tokenizer, "chat_think")
+    (seq,) = encode_row(row, tokenizer, "chat_think")
     prompt = render("chat_think", row.prompt, tokenizer)
     assert prompt.prefill == "<think>\n"
     assert tokenizer.decode(seq.ids[: seq.start]) == prompt.text
     assert tokenizer.decode(seq.ids[seq.start :]) == "so 5 </think> <answer> 5 </answer><|im_end|>"
     with pytest.raises(UserError, match="row 'x': the template prefills"):
         encode_row(SFTRow("x", "q", "no tags", "t"), tokenizer, "chat_think")
+
+
+CONVERSATION = SFTRow(
+    "c",
+    "And times 4?",
+    "<think> 5 * 4 = 20 </think> <answer> 20 </answer>",
+    "t",
+    (("What is 2 + 3?", "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"),),
+)
+
+
+@pytest.mark.parametrize("template", ["r1_zero", "chat"])
+def test_every_assistant_turn_of_a_conversation_is_a_target(tokenizer, template):
+    """One sequence per assistant turn; earlier turns appear as context without reasoning."""
+    first, second = encode_row(CONVERSATION, tokenizer, template)
+    assert tokenizer.decode(first.ids[first.start : -1]).strip() == CONVERSATION.history[0][1]
+    assert tokenizer.decode(second.ids[second.start : -1]).strip() == CONVERSATION.completion
+    context = tokenizer.decode(second.ids[: second.start])
+    assert "What is 2 + 3?" in context and "<answer> 5 </answer>" in context
+    assert "2 + 3 = 5" not in context  # the first turn's reasoning is stripped
+    (_, kept) = encode_row(CONVERSATION, tokenizer, template, history="keep")
+    assert "<think> 2 + 3 = 5 </think>" in tokenizer.decode(kept.ids[: kept.start])
+
+
+def test_conversations_file_rows_keep_their_turns(tmp_path):
+    from r1lab.text.conversations import jsonl_rows
+
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "<think>4</think><answer>4</answer>"},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    (row,) = jsonl_rows(path)
+    assert row.history == (("Hi", "Hello!"),) and row.prompt == "2+2?"
+    assert row.to_dict()["history"] == [["Hi", "Hello!"]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [*messages, messages[0]]}) + "\n")
+    with pytest.raises(UserError, match="bad.jsonl:1: messages must alternate"):
+        jsonl_rows(bad)
+
+
+def test_a_template_that_drops_earlier_reasoning_refuses_keep(tokenizer, monkeypatch):
+    from r1lab.sft import encode
+    from r1lab.text.templates import Prompt
+
+    monkeypatch.setattr(encode, "render", lambda *a, **k: Prompt("no thoughts here"))
+    with pytest.raises(UserError, match="drops the reasoning of earlier turns"):
+        encode.check_history(tokenizer, "chat", "keep")
+    encode.check_history(tokenizer, "chat", "strip")  # strip asks nothing of the template
 
 
 def test_packed_logprobs_score_only_targets_and_match_the_unpacked_sequences(model):

@@ -24,7 +24,7 @@ from r1lab.sft.data import (
 from r1lab.tasks import make_task
 from r1lab.tasks.base import Task
 from r1lab.text.conversations import SFTRow, jsonl_rows
-from r1lab.text.formats import format_ok
+from r1lab.text.formats import OutputFormat, format_ok
 
 TOKEN = "|special_token|"
 
@@ -135,7 +135,7 @@ def test_conversations_in_both_shapes(tmp_path):
         (
             '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},'
             ' {"role": "assistant", "content": "a"}]}',
-            r"conv.jsonl:2: messages must be one user turn then one assistant turn",
+            r"conv.jsonl:2: messages must alternate user and assistant turns.*system prompt",
         ),
     ],
 )
@@ -189,6 +189,21 @@ def test_samples_keep_only_correct_and_well_formatted_completions_once(tmp_path,
     ]
     assert len({r.id for r in rows}) == 2 and rows[0].source == f"samples:{path}"
     assert len(samples_rows(path, arith, limit=1)) == 1
+
+
+def test_samples_of_an_r1_style_run_are_kept_in_their_own_format(tmp_path, arith):
+    """A run trained in R1's readable format: its correct samples are SFT data too."""
+    a = arith.examples("train")[0]
+    r1 = f"|special_token| add |special_token| The answer is \\boxed{{{a.answer}}}."
+    path = write_jsonl(tmp_path / "samples.jsonl", [sample(a, r1, accuracy=1.0)])
+    assert samples_rows(path, arith) == []  # judged as <think>: not in the format
+    kept = samples_rows(path, arith, fmt=OutputFormat("r1"))
+    assert [r.completion for r in kept] == [r1]
+    options = {"digits": 2, "ops": "+-", "train_size": 30, "test_size": 6}
+    task = {"name": "arith", "options": options}
+    source = {"kind": "samples", "path": str(path), "format": "r1"}
+    config = build_sft_config({"task": task, "data": {"sources": [source]}})
+    assert [r.completion for r in load_rows(config)] == [r1]
 
 
 def test_samples_from_another_task_are_an_error(tmp_path, arith):

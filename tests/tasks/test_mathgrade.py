@@ -123,3 +123,17 @@ def test_task_modules_import_neither_torch_nor_transformers() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_timeout_warning_reaches_the_user(caplog):
+    """Timeouts are off on purpose (thread safety); math-verify's warning about it is noise."""
+    import logging
+
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = False  # as in a fresh process
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = False
+    with caplog.at_level(logging.WARNING):
+        assert verify_answer(parse_gold("0.5"), "1/2")
+    assert "Timeout is disabled" not in caplog.text

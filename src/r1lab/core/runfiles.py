@@ -107,6 +107,16 @@ def read_records(path: str | Path) -> list[Located]:
     return rows
 
 
+def check_out_dir(path: Path, what: str = "output directory") -> None:
+    """`path` can be a directory: it is one, or can be made where the nearest existing part of
+    it is a directory (not a file)."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UserError(f"{what} {path}: {part} is a file, not a directory")
+            return
+
+
 def jsonl_text(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -120,9 +130,50 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]], mode: str = "a") -> 
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary sibling and rename: a reader sees the old file or the new."""
+    """Write through a temporary sibling and rename: a reader sees the old file or the new,
+    also after a power loss (the file is flushed before the rename, the rename after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk; a no-op where unsupported."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the directories, to disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where /proc says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -22,6 +22,7 @@ from r1lab.eval.protocol import Runtime
 from r1lab.eval.report import label, load_summary, pyplot
 from r1lab.eval.run import run_eval
 from r1lab.eval.store import SUMMARY, make_settings
+from r1lab.rewards import RewardTerm, output_format
 
 CURVE_PNG, CURVE_JSON = "accuracy_vs_step.png", "accuracy_vs_step.json"
 _SAME_RUN_IGNORES = {"model", "limit"}
@@ -62,6 +63,9 @@ def run_settings(config: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         "shot_style": template.get("shot_style", "brief"),
         "stop": generation.get("stop") or [],
     }
+    terms = [RewardTerm(**term) for term in config.get("rewards") or [] if "name" in term]
+    fmt = output_format(terms)
+    fields.update(style=fmt.style, special_token=fmt.special_token)
     limit = ev.get("max_new_tokens") or generation.get("max_new_tokens")
     if limit:
         fields["max_new_tokens"] = limit

@@ -2,7 +2,7 @@
 
 A graded sample is a row of results.jsonl: `id`, `sample` (index), `normalized` answer,
 `correct`, `format`, `length`, `truncated`. pass@1 is the mean correctness over a problem's k
-samples; cons@k grades the majority-voted answer; pass@k' uses the unbiased estimator
+samples; cons@k grades the majority-voted answer itself; pass@k' uses the unbiased estimator
 1 - C(n-c, k')/C(n, k'); confidence intervals resample problems.
 """
 
@@ -91,11 +91,21 @@ def group_by_problem(records: Sequence[Row]) -> dict[str, list[Row]]:
     return {pid: sorted(rows, key=lambda r: r["sample"]) for pid, rows in by_problem.items()}
 
 
+def voted_correct(rows: Sequence[Row]) -> bool:
+    """Whether the majority-voted answer is correct, graded as itself: the voted class's answer
+    sampled first, with its own grade. Two answers can normalise alike and grade differently
+    (`normalize` only groups votes); a lucky sample elsewhere in the class must not count.
+    """
+    voted = majority_vote([r["normalized"] for r in rows])
+    if voted is None:
+        return False
+    return bool(next(r for r in rows if r["normalized"] == voted)["correct"])
+
+
 def problem_scores(rows: Sequence[Row]) -> dict[str, float]:
     """One problem's correct count, pass@1, cons (0/1), format rate, length, truncation."""
     n = len(rows)
-    voted = majority_vote([r["normalized"] for r in rows])
-    cons = voted is not None and any(r["correct"] for r in rows if r["normalized"] == voted)
+    cons = voted_correct(rows)
     return {
         "correct": sum(bool(r["correct"]) for r in rows),
         "pass@1": sum(bool(r["correct"]) for r in rows) / n,

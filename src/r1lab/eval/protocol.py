@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1lab.core.config import at_least, check_sampling
+from r1lab.core.config import at_least, check_sampling, choice
+from r1lab.core.models import DTYPES, check_device
 
 
 @dataclass
@@ -51,3 +52,9 @@ class Runtime:
     compute_dtype: str = "float32"
     device: str = "auto"
     progress: bool = False
+
+    def validate(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        choice("dtype", self.dtype, DTYPES)
+        choice("compute_dtype", self.compute_dtype, DTYPES)
+        check_device("device", self.device)

@@ -69,7 +69,13 @@ def load_summary(path: str | Path) -> dict[str, Any]:
             f"no {SUMMARY} in {path}: is it an `r1lab eval` output directory? (an interrupted "
             "evaluation writes it once it is re-run to completion)"
         )
-    return json.loads(file.read_text())
+    try:
+        summary = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file} is not an evaluation summary (not JSON: {err})") from err
+    if not isinstance(summary, dict) or "metrics" not in summary:
+        raise UserError(f"{file} is not an evaluation summary (no metrics)")
+    return summary
 
 
 def labels_for(dirs: Sequence[str | Path]) -> list[str]:

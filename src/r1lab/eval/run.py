@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.core.errors import UserError, unknown_name
-from r1lab.core.runfiles import append_rows, write_atomic
+from r1lab.core.runfiles import append_rows, check_out_dir, write_atomic
 from r1lab.core.types import Example
 from r1lab.eval.metrics import LEVEL, RESAMPLES, Row, eval_metrics
 from r1lab.eval.protocol import Runtime
@@ -36,7 +36,7 @@ from r1lab.eval.store import (
 )
 from r1lab.rollout import ENGINES, RolloutEngine, SamplingParams
 from r1lab.tasks import Task, make_task
-from r1lab.text.formats import format_ok
+from r1lab.text.formats import THINK, OutputFormat
 from r1lab.text.templates import check_template, pick_shots, render
 
 
@@ -48,8 +48,10 @@ def sample_and_grade(
     template: str,
     params: SamplingParams,
     shots: Sequence[Example] = (),
+    fmt: OutputFormat = THINK,
 ) -> list[Row]:
-    """Draw `params.n` samples per example and grade each: one record per (problem, sample)."""
+    """Draw `params.n` samples per example and grade each: one record per (problem, sample);
+    `format` says whether a response is in the run's own format `fmt`."""
     prompts = [render(template, ex.prompt, tokenizer, shots) for ex in examples]
     generations = engine.generate(prompts, params)
     records = []
@@ -66,7 +68,7 @@ def sample_and_grade(
                     "normalized": task.normalize(answer),
                     "correct": task.grade(answer, example),
                     "gold": example.answer,
-                    "format": format_ok(full),
+                    "format": fmt.ok(full),
                     "length": len(gen.completion_ids),
                     "truncated": not gen.finished,
                 }
@@ -90,8 +92,10 @@ def run_eval(
     """
     out = Path(out_dir) if out_dir is not None else default_out_dir(settings)
     runtime = runtime or Runtime()
-    if runtime.batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {runtime.batch_size}")
+    runtime.validate()
+    check_out_dir(out, "--out")
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be >= 1, got {limit}")
     task = make_task(settings.task, settings.task_options)  # bad names fail before model loading
     check_template(settings.template)
     if settings.engine not in ENGINES:
@@ -170,7 +174,7 @@ def sample_problems(
             seeds = tuple(problem_seed(settings.seed, example.id) for example in batch)
             seeded = replace(params, seeds=seeds)
             rows = sample_and_grade(
-                engine, task, batch, tokenizer, settings.template, seeded, shots
+                engine, task, batch, tokenizer, settings.template, seeded, shots, settings.format
             )
             append_rows(path, rows)
             bar.advance(job, len(batch))

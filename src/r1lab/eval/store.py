@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.core.errors import UserError, unknown_name
-from r1lab.core.runfiles import append_rows, read_jsonl
+from r1lab.core.runfiles import jsonl_text, read_jsonl, write_atomic
 from r1lab.eval.metrics import Row
 from r1lab.eval.protocol import PROTOCOL
+from r1lab.text.formats import SPECIAL_TOKEN, OutputFormat, check_style
 from r1lab.text.templates import SHOT_STYLES
 
 RESULTS, SUMMARY, SETTINGS = "results.jsonl", "summary.json", "settings.json"
 SPLIT = "test"
+_ADDED_LATER = {"style": "think", "special_token": SPECIAL_TOKEN}
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,21 @@ class EvalSettings:
     engine: str = "prefix"
     stop: tuple[str, ...] = ()
     split: str = SPLIT
+    style: str = "think"  # the response format `format` is judged in (text.formats)
+    special_token: str = SPECIAL_TOKEN
+
+    @property
+    def format(self) -> OutputFormat:
+        return OutputFormat(self.style, self.special_token)
 
     def to_json(self) -> dict[str, Any]:
-        """The settings as JSON would read them back (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self), sort_keys=True))
+        """The settings as JSON would read them back (tuples become lists).
+
+        Settings added after evaluations were first written are left out at their default, so
+        an older evaluation directory (and its default name's hash) still matches.
+        """
+        data = {k: v for k, v in asdict(self).items() if _ADDED_LATER.get(k, _UNSET) != v}
+        return json.loads(json.dumps(data, sort_keys=True))
 
 
 def make_settings(model: str, task: str, **kwargs: Any) -> tuple[EvalSettings, list[str]]:
@@ -65,7 +79,12 @@ def make_settings(model: str, task: str, **kwargs: Any) -> tuple[EvalSettings, l
     kwargs["stop"] = tuple(kwargs.get("stop") or ())
     kwargs["task_options"] = dict(kwargs.get("task_options") or {})
     settings = EvalSettings(model=model, task=task, **kwargs)
-    if settings.greedy or settings.temperature <= 0:
+    if settings.temperature < 0:
+        raise UserError(
+            f"temperature must be >= 0 (0, or --greedy, means greedy decoding), "
+            f"got {settings.temperature}"
+        )
+    if settings.greedy or settings.temperature == 0:
         if settings.k != 1:
             notes.append(f"greedy decoding: k forced from {settings.k} to 1 (samples identical)")
         settings = replace(settings, greedy=True, k=1, temperature=0.0, top_p=1.0)
@@ -79,6 +98,7 @@ def make_settings(model: str, task: str, **kwargs: Any) -> tuple[EvalSettings, l
         raise UserError(f"shots must be >= 0, got {settings.shots}")
     if settings.shot_style not in SHOT_STYLES:
         raise unknown_name("shot style", settings.shot_style, SHOT_STYLES)
+    check_style(settings.style, settings.special_token)
     return settings, notes
 
 
@@ -153,7 +173,5 @@ def load_finished(out_dir: Path, k: int) -> dict[str, list[Row]]:
     }
     kept = [r for group in finished.values() for r in group]
     if len(kept) != len(rows):
-        tmp = path.with_name(f".{RESULTS}.tmp")
-        append_rows(tmp, kept, mode="w")
-        tmp.replace(path)
+        write_atomic(path, jsonl_text(kept))
     return finished

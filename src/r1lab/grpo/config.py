@@ -19,6 +19,7 @@ from r1lab.core.config import (
     apply_overrides,
     at_least,
     check_kind,
+    check_name,
     check_sampling,
     choice,
     from_dict,
@@ -160,6 +161,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 10
     keep_checkpoints: int = 2
+    final_only: bool = False  # once final/ is written, delete checkpoints/ (pipeline stages)
     sample_every: int = 1  # write samples.jsonl rows every N steps
     max_bad_steps: int = 3  # stop after this many non-finite losses in a row
     out_dir: str = "runs"
@@ -187,6 +189,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        check_name("name", self.name)
         validate_sections(self)
         if not self.rewards:
             raise UserError("rewards: at least one reward is needed")

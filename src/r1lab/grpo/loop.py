@@ -31,6 +31,7 @@ from r1lab.grpo.config import Config
 from r1lab.grpo.metrics import sample_rows, step_row
 from r1lab.grpo.step import reward_terms, rollout_step
 from r1lab.grpo.update import UpdateStats, build_batch, make_reference, optimize
+from r1lab.rewards import output_format
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
 from r1lab.text.templates import pick_shots
@@ -57,7 +58,12 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     job = GRPOJob(config, run_dir, checkpoint, state)
     t = config.train
     schedule = Schedule(
-        t.steps, t.save_every, t.keep_checkpoints, config.eval.every, t.max_bad_steps
+        t.steps,
+        t.save_every,
+        t.keep_checkpoints,
+        config.eval.every,
+        t.max_bad_steps,
+        t.final_only,
     )
     return run_loop(
         job,
@@ -216,6 +222,7 @@ class GRPOJob:
                 config.template.name,
                 params,
                 self.shots,
+                output_format(self.terms),
             )
         return {f"eval/{k}": v for k, v in summarize(records).items()}
 

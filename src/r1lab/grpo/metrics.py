@@ -13,16 +13,17 @@ from typing import Any
 
 from r1lab.grpo.step import StepRollout
 from r1lab.grpo.update import UpdateStats
-from r1lab.rewards import RewardTerm
+from r1lab.rewards import RewardTerm, output_format
 from r1lab.tasks import Task
-from r1lab.text.formats import format_ok
 from r1lab.text.reflection import count_reflections
 
 
 def step_row(
     rollout: StepRollout, update: UpdateStats, task: Task, terms: list[RewardTerm]
 ) -> dict[str, Any]:
-    """The per-step metrics row (without `step`, `lr` and `step_seconds`, added by the loop)."""
+    """The per-step metrics row (without `step`, `lr` and `step_seconds`, added by the loop);
+    `format` is judged in the run's own response format (`rewards.output_format`)."""
+    fmt = output_format(terms)
     prefill = rollout.prompts[0].prefill if rollout.prompts else ""
     gens = [
         (ex, gen)
@@ -37,7 +38,7 @@ def step_row(
     row: dict[str, Any] = {
         "reward": sum(rewards) / len(rewards),
         "accuracy": sum(graded) / len(graded) if graded else None,  # general prompts: no rule
-        "format": sum(format_ok(t) for t in texts) / n,
+        "format": sum(fmt.ok(t) for t in texts) / n,
     }
     for term in terms:  # every term, even with no groups
         present = [v for v in rollout.terms.get(term.name, []) if v is not None]

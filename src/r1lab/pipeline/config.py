@@ -39,16 +39,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r1lab.core.config import apply_overrides, at_least, check_kind, choice, from_dict, load_yaml
+from r1lab.core.config import (
+    apply_overrides,
+    at_least,
+    check_kind,
+    check_name,
+    choice,
+    from_dict,
+    load_yaml,
+)
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.models import DEFAULT_MODEL, DTYPES
 from r1lab.eval.protocol import EvalSampling
 from r1lab.pipeline.stages import KINDS, StageKind, config_value
 from r1lab.tasks import TaskConfig, check_task
+from r1lab.text.formats import SPECIAL_TOKEN, check_style
 from r1lab.text.language import LANGUAGE_SCRIPTS
 from r1lab.text.templates import TemplateConfig, check_template
 
-PIPELINE_KEYS = ("kind", "name", "out_dir", "base_model", "stages", "eval")
+PIPELINE_KEYS = ("kind", "name", "out_dir", "base_model", "keep_checkpoints", "stages", "eval")
 REFS = ("model", "data", "teacher")
 RESERVED_NAMES = {"base", *PIPELINE_KEYS}  # `--set <stage>.key` must not read as a pipeline key
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -82,6 +91,8 @@ class PipelineEvalConfig(EvalSampling):
     seed: int = 0
     language: str = "en"  # the target language of the chain of thought
     models: list[str] | None = None  # "base", stage names, "<distill>.before"; None: all
+    style: str = "think"  # the response format `format` is judged in: think or r1
+    special_token: str = SPECIAL_TOKEN
     compute_dtype: str = "float32"  # "bfloat16": bf16 matmuls while sampling
     batch_size: int = 16  # problems per engine call
 
@@ -92,6 +103,7 @@ class PipelineEvalConfig(EvalSampling):
             at_least("eval.limit", self.limit, 1)
         super().validate("eval")
         choice("eval.language", self.language, LANGUAGE_SCRIPTS)
+        check_style(self.style, self.special_token)
 
 
 @dataclass
@@ -100,12 +112,13 @@ class PipelineConfig:
     name: str = "pipeline"
     out_dir: str = "runs"
     base_model: str = DEFAULT_MODEL
+    # a finished stage keeps final/ only; true keeps its checkpoints (for `r1lab eval --run`)
+    keep_checkpoints: bool = False
     stages: list[StageConfig] = field(default_factory=list)
     eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
 
     def validate(self) -> None:
-        if not _NAME_RE.fullmatch(self.name):
-            raise UserError(f"name: {self.name!r} must be letters, digits, _ and - (a folder)")
+        check_name("name", self.name)
         if not self.stages:
             raise UserError("stages: a pipeline needs at least one stage")
         names = {s.name for s in self.stages}
@@ -236,22 +249,23 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     root = Path(config.out_dir) / config.name
     stages: list[Stage] = []
     for spec in config.stages:
-        stages.append(resolve_stage(spec, path.parent, root, config.base_model, stages))
+        stages.append(resolve_stage(spec, path.parent, root, config, stages))
     task, template = eval_prompt(config, stages)
     return Pipeline(config, stages, root, task, template, eval_models(config, stages))
 
 
 def resolve_stage(
-    spec: StageConfig, base_dir: Path, root: Path, base_model: str, earlier: list[Stage]
+    spec: StageConfig, base_dir: Path, root: Path, pipeline: PipelineConfig, earlier: list[Stage]
 ) -> Stage:
     """Load a stage's recipe with its `set:` overrides and the pipeline's wiring on top."""
     kind = KINDS[spec.run]
     recipe = Path(spec.config) if Path(spec.config).is_absolute() else base_dir / spec.config
     try:
         raw = apply_overrides(load_yaml(recipe), spec.set)
-        overrides = [*spec.set, *kind.placement_overrides(root, spec.name)]
+        placement = kind.placement_overrides(root, spec.name, pipeline.keep_checkpoints)
+        overrides = [*spec.set, *placement]
         if "model" in kind.refs and spec.model is None:  # no `model:`: the base model
-            overrides += kind.wire("model", raw, base_model)
+            overrides += kind.wire("model", raw, pipeline.base_model)
         upstream = {s.name: s for s in earlier}
         for ref, name in spec.refs().items():
             source = upstream[name]

@@ -7,8 +7,8 @@ folder records the lineage hash of the model it scored (`model.json`) and starts
 stage has produced a new model since.
 
 Language consistency is the paper's measure behind its language reward: per sample, the share
-of chain-of-thought words (`text.formats.think_text`) written in `eval.language`'s script, averaged
-over the samples; a thought without words (pure arithmetic) is left out, as the reward does.
+of the chain of thought (`text.formats.think_text`) written in `eval.language`'s script
+(`text.language.language_consistency`, the reward's own measure), averaged over the samples.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from r1lab.eval.store import make_settings, read_results
 from r1lab.pipeline.config import EvalModel, Pipeline
 from r1lab.pipeline.stages import StageResult
 from r1lab.tasks import make_task
+from r1lab.text import language
 from r1lab.text.formats import think_text
-from r1lab.text.language import language_share
 from r1lab.train.plots import plot_run
 
 MODEL_FILE = "model.json"
@@ -45,15 +45,14 @@ class ModelScore:
     language: float | None  # mean share of the thought in the target language
 
 
-def language_consistency(results: Path, ids: set[str], language: str) -> float | None:
-    """Mean share of each sample's thought written in `language` (None: no thought had words)."""
+def language_consistency(results: Path, ids: set[str], target: str) -> float | None:
+    """Mean language consistency of the samples' thoughts (None: no sample)."""
     shares = [
-        language_share(think_text(row["completion"]), language)
+        language.language_consistency(think_text(row["completion"]), target)
         for row in read_results(results)
         if row["id"] in ids
     ]
-    present = [s for s in shares if s is not None]
-    return sum(present) / len(present) if present else None
+    return sum(shares) / len(shares) if shares else None
 
 
 def _start_over_if_stale(out: Path, spec: str, version: str) -> None:
@@ -96,10 +95,12 @@ def evaluate_models(
             max_new_tokens=ev.max_new_tokens,
             stop=ev.stop,
             seed=ev.seed,
+            style=ev.style,
+            special_token=ev.special_token,
         )
         summary = run_eval(settings, out, ev.limit, runtime, notes)
-        language = language_consistency(out / "results.jsonl", ids, ev.language)
-        scores.append(ModelScore(model, summary, language))
+        consistency = language_consistency(out / "results.jsonl", ids, ev.language)
+        scores.append(ModelScore(model, summary, consistency))
     return scores
 
 

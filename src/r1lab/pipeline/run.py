@@ -27,7 +27,7 @@ from typing import Any
 
 from r1lab import __version__
 from r1lab.core.errors import UserError
-from r1lab.core.runfiles import write_atomic
+from r1lab.core.runfiles import check_out_dir, write_atomic
 from r1lab.pipeline.config import Pipeline, Stage, canonical_hash
 from r1lab.pipeline.report import ModelScore, evaluate_models, write_report
 from r1lab.pipeline.stages import StageResult
@@ -132,6 +132,7 @@ def run_stages(
     `only`: run that one stage; the stages it reads from must already be up to date.
     `rerun_from`: run that stage and every later one from scratch, up to date or not.
     """
+    check_out_dir(pipeline.root, "pipeline directory")
     needed = upstream_of(pipeline, only) | {only} if only else None
     forced = False
     if rerun_from is not None:

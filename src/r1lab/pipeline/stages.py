@@ -82,6 +82,7 @@ class StageKind:
     model_dir: str | None = None  # the model it produces, relative to the output directory
     data_file: str | None = None  # the SFT-ready rows it produces
     report_keys: tuple[str, ...] = ()  # metrics shown in report.md's stage table
+    final_only_key: str | None = None  # the config key that makes a finished run keep final/
     student_key: str | None = None  # distillation: the student's starting model, evaluated too
     plots: bool = False  # its run directory has the GRPO curves `r1lab plot` draws
 
@@ -92,9 +93,14 @@ class StageKind:
         """Run the stage; it resumes from its newest checkpoint when there is one."""
         return Path(_import(self.run)(config, resume="auto", progress=progress))
 
-    def placement_overrides(self, root: Path, name: str) -> list[str]:
+    def placement_overrides(self, root: Path, name: str, keep_checkpoints: bool) -> list[str]:
+        """Where the output goes, and (unless the pipeline keeps them) no checkpoints left
+        once the stage is done: a finished stage is never resumed."""
         out_key, name_key = self.placement
-        return [assign(out_key, str(root)), assign(name_key, name)]
+        overrides = [assign(out_key, str(root)), assign(name_key, name)]
+        if self.final_only_key and not keep_checkpoints:
+            overrides.append(assign(self.final_only_key, True))
+        return overrides
 
     def wire(self, ref: str, raw: dict[str, Any], path: str) -> list[str]:
         return self.refs[ref](raw, path)
@@ -131,6 +137,7 @@ KINDS: dict[str, StageKind] = {
         metrics=_sft_metrics,
         model_dir="final",
         report_keys=("loss", "eval/loss", "eval/pass@1", "eval/format"),
+        final_only_key="train.final_only",
     ),
     "grpo": StageKind(
         name="grpo",
@@ -142,6 +149,7 @@ KINDS: dict[str, StageKind] = {
         metrics=_sft_metrics,
         model_dir="final",
         report_keys=("reward", "accuracy", "format", "completion_len_mean", "eval/pass@1"),
+        final_only_key="train.final_only",
         plots=True,
     ),
     "sample": StageKind(
@@ -165,6 +173,7 @@ KINDS: dict[str, StageKind] = {
         metrics=_distill_metrics,
         model_dir="student/final",
         report_keys=("teacher/kept", "loss", "eval/loss", "eval/pass@1"),
+        final_only_key="student.train.final_only",
         student_key="student.model.spec",
     ),
 }

@@ -12,6 +12,7 @@ from r1lab.rewards.registry import (
     RewardTerm,
     check_terms,
     compute_rewards,
+    output_format,
     register_reward,
     resolve_reward,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "RewardTerm",
     "check_terms",
     "compute_rewards",
+    "output_format",
     "register_reward",
     "resolve_reward",
 ]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.types import Example
+from r1lab.text.formats import SPECIAL_TOKEN, THINK, OutputFormat
 
 if TYPE_CHECKING:  # the task package pulls in its task modules; a type hint needs none of it
     from r1lab.tasks.base import Task
@@ -139,6 +140,23 @@ class RewardTerm:
     def reward_name(self) -> str:
         """The registry name or import path of the function this term runs."""
         return self.reward or self.name
+
+
+FORMAT_REWARDS = ("format", "tag_count", "language_consistency")
+"""Rewards whose `style`/`special_token` params name the response format a run trains."""
+
+
+def output_format(terms: Iterable[RewardTerm]) -> OutputFormat:
+    """The response format a run trains: the style its format rewards check, else `think`.
+
+    Evaluation rows and step metrics judge `format` in it, so a run in R1's readable
+    `|special_token|` style is not reported as format 0.
+    """
+    for term in terms:
+        if term.reward_name in FORMAT_REWARDS and "style" in term.params:
+            token = term.params.get("special_token", SPECIAL_TOKEN)
+            return OutputFormat(term.params["style"], token)
+    return THINK
 
 
 def check_terms(terms: Iterable[RewardTerm]) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.errors import UserError
 from r1lab.core.types import Example  # noqa: F401  (the docstring examples use it)
 from r1lab.rewards.registry import RewardInputs, register_reward
 from r1lab.text.formats import SPECIAL_TOKEN, check_style, format_ok, tag_score, think_text
-from r1lab.text.language import LANGUAGE_SCRIPTS, language_share
+from r1lab.text.language import check_language, language_consistency
 
 
 @register_reward("accuracy")
@@ -94,24 +94,26 @@ def language_consistency_reward(
     style: str = "think",
     special_token: str = SPECIAL_TOKEN,
 ) -> list[float | None]:
-    """R1's language-consistency reward: the share of chain-of-thought words in the target language.
+    """R1's language-consistency reward: the share of the chain of thought in the target language.
 
     The chain of thought is found by `think_text` for `style`; the target is `language` if
-    given, else `inputs.language`. A chain of thought with no words at all (empty, or only
-    numbers and symbols) gets None: the reward does not apply, so it adds nothing, neither
-    rewarding an empty thought nor punishing pure arithmetic.
+    given, else `inputs.language`; the share is counted in letters (`text.language`). A
+    thought with no letters at all (pure arithmetic, or empty) is consistent and scores 1.0,
+    like an all-English one: it is not inconsistent, and scoring it lower would reward
+    writing words of any language over writing none.
 
     >>> ex = Example(id="q", prompt="1+1", answer="2")
     >>> texts = ["<think>we add them 所以</think><answer>2</answer>", "<think>1+1=2</think>"]
     >>> inputs = RewardInputs(texts, [ex, ex])
     >>> language_consistency_reward(inputs), language_consistency_reward(inputs, language="zh")
-    ([0.6, None], [0.4, None])
+    ([0.8181818181818182, 1.0], [0.18181818181818182, 1.0])
     """
     target = language or inputs.language
-    if target not in LANGUAGE_SCRIPTS:
-        raise unknown_name("language", target, LANGUAGE_SCRIPTS)
+    check_language(target)
     check_style(style, special_token)
-    return [language_share(think_text(t, style, special_token), target) for t in inputs.texts()]
+    return [
+        language_consistency(think_text(t, style, special_token), target) for t in inputs.texts()
+    ]
 
 
 @register_reward("overlong")

@@ -33,6 +33,7 @@ from r1lab.core.config import (
     apply_overrides,
     at_least,
     check_kind,
+    check_name,
     check_sampling,
     choice,
     from_dict,
@@ -47,6 +48,7 @@ from r1lab.text.language import LANGUAGE_SCRIPTS
 from r1lab.text.templates import TemplateConfig, check_template
 
 SPLITS = ("train", "test")
+SCOPES = ("cot", "response")
 
 
 @dataclass
@@ -106,16 +108,20 @@ class FiltersConfig:
     correct: bool = True  # rule-checked or judged correct (false: keep graded-wrong ones too)
     format: bool = True  # exactly in `style`'s strict format (formats.format_ok)
     require_summary: bool = True  # a non-empty summary after the reasoning
-    language: str | None = "en"  # the one language of the response; None: no language filter
-    min_language_share: float = 0.95  # share of its words in that language's script
+    # what the readability filters (language, paragraph, code_block) read: `cot`, the chain of
+    # thought, as R1 filtered it (a final answer may hold code); or the whole `response`
+    scope: str = "cot"
+    language: str | None = "en"  # the one language of the thought; None: no language filter
+    min_language_share: float = 0.95  # share of its letters in that language's script
     max_paragraph_chars: int | None = 2000  # longest paragraph (blank-line separated); None: off
-    drop_code_blocks: bool = True  # drop responses with ``` fences (false for code tasks)
+    drop_code_blocks: bool = True  # drop thoughts with ``` fences
     dedup: bool = True  # drop exact duplicates (whitespace and case aside) of a kept sample
     near_duplicate: float | None = 0.9  # with dedup: Jaccard of word shingles; None: exact only
     shingle_words: int = 3  # words per shingle of the near-duplicate test
 
     def validate(self) -> None:
         choice("filters.style", self.style, STYLES)
+        choice("filters.scope", self.scope, SCOPES)
         check_style(self.style, self.special_token)
         if self.language is not None:
             choice("filters.language", self.language, LANGUAGE_SCRIPTS)
@@ -170,6 +176,7 @@ class SampleConfig:
 
     def validate(self) -> None:
         choice("kind", self.kind, ("sample",))
+        check_name("name", self.name)
         validate_sections(self)
         if self.max_per_prompt is not None:
             at_least("max_per_prompt", self.max_per_prompt, 1)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from r1lab.sample.config import FiltersConfig
-from r1lab.text.formats import SPECIAL_TOKEN, TAGS, format_ok, summary_text
+from r1lab.text.formats import SPECIAL_TOKEN, TAGS, format_ok, summary_text, think_text
 from r1lab.text.language import language_share
 
 CODE_FENCE = "```"
@@ -43,7 +43,7 @@ def has_code_block(text: str) -> bool:
 def single_language(
     text: str, language: str, min_share: float, special_token: str = SPECIAL_TOKEN
 ) -> bool:
-    """At least `min_share` of the words are in `language`'s script; no words at all passes.
+    """At least `min_share` of the letters are in `language`'s script; no letters passes.
 
     The format's own markup (`<think>`, `<answer>`, the special token) is not language: a
     Chinese response inside English tags is not mixed.
@@ -65,21 +65,30 @@ def has_summary(text: str, style: str = "think", special_token: str = SPECIAL_TO
 
 
 def enabled_checks(filters: FiltersConfig) -> dict[str, Callable[[str], bool]]:
-    """The enabled text filters by name, in the order they are applied (True = passes)."""
+    """The enabled text filters by name, in the order they are applied (True = passes).
+
+    Each takes the whole response; the readability filters read the part `filters.scope`
+    names: the chain of thought (R1 "filtered out chain-of-thought with mixed languages, long
+    paragraphs, and code blocks"; a code answer's final block is not reasoning), or all of it.
+    """
     style, token = filters.style, filters.special_token
     checks: dict[str, Callable[[str], bool]] = {}
     if filters.format:
         checks["format"] = lambda text: format_ok(text, style=style, special_token=token)
     if filters.require_summary:
         checks["summary"] = lambda text: has_summary(text, style, token)
+
+    def scoped(text: str) -> str:
+        return think_text(text, style, token) if filters.scope == "cot" else text
+
     if filters.language is not None:
         language, share = filters.language, filters.min_language_share
-        checks["language"] = lambda text: single_language(text, language, share, token)
+        checks["language"] = lambda text: single_language(scoped(text), language, share, token)
     if filters.max_paragraph_chars is not None:
         limit = filters.max_paragraph_chars
-        checks["paragraph"] = lambda text: longest_paragraph(text) <= limit
+        checks["paragraph"] = lambda text: longest_paragraph(scoped(text)) <= limit
     if filters.drop_code_blocks:
-        checks["code_block"] = lambda text: not has_code_block(text)
+        checks["code_block"] = lambda text: not has_code_block(scoped(text))
     return checks
 
 

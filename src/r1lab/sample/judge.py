@@ -3,10 +3,12 @@
 R1's stage 3 kept samples of prompts no rule can check when "a generative reward model"
 (DeepSeek-V3, fed the ground truth and the prediction) judged them correct. Here any model
 spec can judge: it reads the question, the reference answer (when there is one) and the
-prediction's final summary, and answers in one word. Decoding is greedy, so a verdict is a
-function of its inputs and a resumed run reproduces it. The verdict parser is lenient about
-wording (`Correct`, `**Incorrect**`, `Yes.`, `not correct`) and returns None when the judge
-said nothing it recognises; such a sample is not kept.
+prediction's final summary, and must end its reply with a verdict line, `Verdict: correct` or
+`Verdict: incorrect`; a local judge's answer is prefilled with `Verdict:` so even a small model
+keeps to the format. Decoding is greedy, so a verdict is a function of its inputs and a resumed
+run reproduces it. The reply is read from the end: the last verdict line wins, and without one
+the last verdict word (`correct`, `not correct`, `wrong`, ...), so "No errors; the prediction is
+correct" is correct. A reply with no verdict at all gives None; such a sample is not kept.
 
 Where a reference comes from: a rule-checkable example's gold `answer`; for a general prompt
 (`general:` task, which has no answer), a `reference` field of its JSONL row, e.g.
@@ -29,13 +31,14 @@ INSTRUCTION = (
     "Question: {question}\n"
     "{reference}"
     "Answer to grade: {prediction}\n"
-    "Is the answer to grade correct? Reply with one word: Correct or Incorrect."
+    "Is the answer to grade correct?\n"
+    "End your reply with one line: `Verdict: correct` or `Verdict: incorrect`."
 )
 REFERENCE_LINE = "Reference answer: {reference}\n"
-_VERDICT_RE = re.compile(
-    r"\b(not\s+correct|not\s+right|incorrect|wrong|false|no|correct|right|true|yes)\b",
-    re.IGNORECASE,
-)
+PREFILL = "Verdict:"
+_WORDS = r"not\s+correct|not\s+right|incorrect|wrong|false|correct|right|true|yes|no"
+_LINE_RE = re.compile(rf"verdict\W{{0,3}}\s*\**\s*({_WORDS})\b", re.IGNORECASE)
+_WORD_RE = re.compile(rf"\b({_WORDS})\b", re.IGNORECASE)
 _POSITIVE = {"correct", "right", "true", "yes"}
 
 
@@ -53,24 +56,32 @@ def judge_prompt(question: str, reference: str, prediction: str) -> str:
     Question: 2+2?
     Reference answer: 4
     Answer to grade: It is 4.
-    Is the answer to grade correct? Reply with one word: Correct or Incorrect.
+    Is the answer to grade correct?
+    End your reply with one line: `Verdict: correct` or `Verdict: incorrect`.
     """
     line = REFERENCE_LINE.format(reference=reference) if reference.strip() else ""
     return INSTRUCTION.format(question=question, reference=line, prediction=prediction)
 
 
 def parse_verdict(text: str) -> bool | None:
-    """The first verdict word of the judge's text: True, False, or None when there is none.
+    """The verdict a judge's reply ends with: True, False, or None when it gives none.
 
-    >>> parse_verdict("**Correct**"), parse_verdict("Incorrect."), parse_verdict("not correct")
-    (True, False, False)
-    >>> parse_verdict("Yes, it matches"), parse_verdict("I cannot tell") is None
-    (True, True)
+    The last `Verdict: ...` line decides; without one, the last verdict word. Reading from the
+    end matters: a reply that reasons first ("No errors; the prediction is correct") must not
+    be decided by a word it used on the way.
+
+    >>> parse_verdict("Verdict: correct"), parse_verdict(" incorrect"), parse_verdict("**Correct**")
+    (True, False, True)
+    >>> parse_verdict("No errors; the prediction is correct"), parse_verdict("not correct")
+    (True, False)
+    >>> parse_verdict("Looks right at first. Verdict: **incorrect**"), parse_verdict("I can't tell")
+    (False, None)
     """
-    match = _VERDICT_RE.search(text)
-    if match is None:
+    lines = list(_LINE_RE.finditer(text))
+    found = lines[-1] if lines else next(reversed(list(_WORD_RE.finditer(text))), None)
+    if found is None:
         return None
-    return " ".join(match.group(1).lower().split()) in _POSITIVE
+    return " ".join(found.group(1).lower().split()) in _POSITIVE
 
 
 def judge_inputs(
@@ -116,7 +127,8 @@ class Judge:
         self.params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
 
     def render(self, instruction: str) -> Any:
-        """The instruction as a user turn of the judge's chat template (plain text without)."""
+        """The instruction as a user turn of the judge's chat template (plain text without),
+        the answer prefilled with `Verdict:`."""
         from r1lab.text.templates import Prompt
 
         if getattr(self.tokenizer, "chat_template", None):
@@ -124,15 +136,15 @@ class Judge:
             text = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-            return Prompt(text, add_special_tokens=False)
-        return Prompt(f"{instruction}\nVerdict:")
+            return Prompt(text + PREFILL, prefill=PREFILL, add_special_tokens=False)
+        return Prompt(f"{instruction}\n{PREFILL}", prefill=PREFILL)
 
     def verdicts(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         """One verdict per (question, reference, prediction); an empty prediction is wrong."""
         asked = [i for i, (_, _, prediction) in enumerate(items) if prediction.strip()]
         prompts = [self.render(judge_prompt(*items[i])) for i in asked]
         groups = self.engine.generate(prompts, self.params) if prompts else []
-        texts = [group[0].text for group in groups]
+        texts = [PREFILL + group[0].text for group in groups]
         found = [Verdict(False, "")] * len(items)
         for i, text in zip(asked, texts, strict=True):
             found[i] = Verdict(parse_verdict(text), text)

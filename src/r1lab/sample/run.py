@@ -33,11 +33,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
 
 from r1lab import __version__
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.models import load_tokenizer
-from r1lab.core.runfiles import append_rows, jsonl_text, read_jsonl, write_atomic
+from r1lab.core.runfiles import append_rows, check_out_dir, jsonl_text, read_jsonl, write_atomic
 from r1lab.core.types import Example
 from r1lab.eval.protocol import Runtime
 from r1lab.eval.run import sample_problems
@@ -104,6 +105,7 @@ def sample(config: SampleConfig, resume: bool | str = False, progress: bool = Tr
 
 def check_resume(out: Path, resume: bool | str) -> None:
     """The resume rule of the trainers, for a sampling directory (settings.json marks one)."""
+    check_out_dir(out)
     started = (out / SETTINGS).exists()
     if resume is True and not started:
         raise UserError(f"--resume: no sampling run in {out} to continue")
@@ -250,6 +252,19 @@ def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[],
 
 
 # --------------------------------------------------------------------------- files
+def report_table(path: Path) -> Table:
+    """A report.json as a table: drawn, correct, each filter's drops, kept, mixed."""
+    report = json.loads(Path(path).read_text())
+    table = Table("samples", "count")
+    for key in ("prompts", "samples", "correct", "judged"):
+        table.add_row(key, str(report[key]))
+    for reason, count in report["dropped"].items():
+        table.add_row(f"dropped: {reason}", str(count))
+    for key in ("kept", "mixed", "rows"):
+        table.add_row(key, str(report[key]))
+    return table
+
+
 def report_settings(config: SampleConfig, settings: EvalSettings, out: Path) -> dict[str, Any]:
     """The part of report.json that says how the counts were made."""
     return {

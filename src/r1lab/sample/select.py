@@ -182,9 +182,15 @@ def pick_mix(
     return [
         {
             "id": f"mix-{rows[i].id}",
-            "prompt": rows[i].prompt,
-            "completion": rows[i].completion,
+            **_conversation(rows[i]),
             "provenance": {"source": "mix", "file": config.mix.path, "row": rows[i].id},
         }
         for i in chosen
     ]
+
+
+def _conversation(row: SFTRow) -> dict[str, Any]:
+    """A mixed-in row as the SFT `jsonl` source reads it: all its turns, not just the last."""
+    if row.history:
+        return {"messages": row.messages()}
+    return {"prompt": row.prompt, "completion": row.completion}

@@ -30,6 +30,7 @@ from r1lab.core.config import (
     apply_overrides,
     at_least,
     check_kind,
+    check_name,
     choice,
     from_dict,
     load_kind_recipe,
@@ -54,7 +55,7 @@ class SourceConfig:
     `task`: the task's train split, each worked `solution` rendered as a long CoT in `format`;
     `jsonl`: a file of conversations (`messages`, or `prompt` + `completion`) at `path`;
     `samples`: an earlier run's samples.jsonl at `path`, keeping completions whose accuracy
-    reward is 1 and whose format is ok (the `task` section must be that run's task).
+    reward is 1 and that are exactly in `format` (the `task` section must be that run's task).
     """
 
     kind: str = "task"
@@ -83,6 +84,9 @@ class DataConfig:
     special_token: str = SPECIAL_TOKEN  # the R1 readable format's delimiter (format: r1)
     eval_fraction: float = 0.05  # held-out share, cut by a hash of the prompt (deterministic)
     max_tokens: int = 1024  # prompt + completion + EOS; longer rows are dropped and counted
+    # how earlier assistant turns of a multi-turn conversation are shown as context: `strip`
+    # their reasoning (what R1's chat template does) or `keep` it; every turn is trained on
+    history_thinking: str = "strip"
 
     def validate(self) -> None:
         if not self.sources:
@@ -97,6 +101,7 @@ class DataConfig:
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
         at_least("data.max_tokens", self.max_tokens, 2)
+        choice("data.history_thinking", self.history_thinking, ("strip", "keep"))
 
 
 @dataclass
@@ -126,6 +131,7 @@ class SFTTrainConfig:
     seed: int = 0
     save_every: int = 50
     keep_checkpoints: int = 2
+    final_only: bool = False  # once final/ is written, delete checkpoints/ (pipeline stages)
     max_bad_steps: int = 3  # stop after this many non-finite losses in a row
     out_dir: str = "runs"
 
@@ -161,6 +167,7 @@ class SFTConfig:
 
     def validate(self) -> None:
         choice("kind", self.kind, ("sft",))
+        check_name("name", self.name)
         validate_sections(self)
         if self.template.shots:
             raise UserError(

@@ -32,7 +32,7 @@ from r1lab.core.types import Example
 from r1lab.sft.config import SFTConfig, SourceConfig
 from r1lab.tasks import Task, make_task, split_of
 from r1lab.text.conversations import SFTRow, digest, json_lines, jsonl_rows
-from r1lab.text.formats import format_ok
+from r1lab.text.formats import THINK, OutputFormat
 from r1lab.text.templates import THINK_PREFILL, worked_completion
 
 VERIFY = "Let me re-check each step above: they all hold, so the answer is {answer}."
@@ -95,11 +95,15 @@ def full_response(sample: dict[str, Any]) -> str:
     return completion
 
 
-def samples_rows(path: str | Path, task: Task, limit: int | None = None) -> list[SFTRow]:
-    """Correct, well-formatted completions of a run's samples.jsonl, each (prompt, text) once.
+def samples_rows(
+    path: str | Path, task: Task, limit: int | None = None, fmt: OutputFormat = THINK
+) -> list[SFTRow]:
+    """Correct completions of a run's samples.jsonl in the format `fmt`, each (prompt, text)
+    once.
 
     The recorded accuracy reward decides correctness (the task grades the text when the run
-    had no accuracy term); the bare question is looked up by example id in `task`.
+    had no accuracy term); the bare question is looked up by example id in `task`. The format
+    is the source's (`format: r1` for a run in R1's readable style), never a fixed one.
     """
     path = Path(path)
     by_id = {ex.id: ex for split in ("train", "test") for ex in task.examples(split)}
@@ -118,7 +122,7 @@ def samples_rows(path: str | Path, task: Task, limit: int | None = None) -> list
         text = full_response(sample)
         accuracy = (sample.get("rewards") or {}).get("accuracy")
         correct = accuracy == 1.0 if accuracy is not None else task.score(text, example)
-        if not (correct and format_ok(text)) or (example.id, text) in seen:
+        if not (correct and fmt.ok(text)) or (example.id, text) in seen:
             continue
         seen.add((example.id, text))
         rows.append(
@@ -135,7 +139,8 @@ def source_rows(source: SourceConfig, config: SFTConfig) -> list[SFTRow]:
         return jsonl_rows(source.path or "", source.limit)
     task = make_task(config.task.name, config.task.options)
     if source.kind == "samples":
-        return samples_rows(source.path or "", task, source.limit)
+        fmt = OutputFormat(source.format, config.data.special_token)
+        return samples_rows(source.path or "", task, source.limit, fmt)
     return task_rows(task, source.format, config.data.special_token, source.limit)
 
 

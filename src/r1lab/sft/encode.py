@@ -1,4 +1,5 @@
-"""SFT rows as token ids: `[rendered prompt | completion | EOS]`, the completion the target.
+"""SFT rows as token ids: `[rendered prompt | completion | EOS]`, the completion the target;
+a multi-turn conversation gives one such sequence per assistant turn.
 
 The prompt is rendered by the same template as at generation time, and prompt and completion
 are tokenized separately, as the rollout engine sees them; a completion whose template already
@@ -15,6 +16,7 @@ from typing import Any
 
 from r1lab.core.errors import UserError
 from r1lab.text.conversations import SFTRow
+from r1lab.text.formats import strip_thinking
 from r1lab.text.templates import render
 
 
@@ -59,31 +61,68 @@ def strip_prefill(completion: str, prefill: str, row_id: str) -> str:
     )
 
 
-def encode_row(row: SFTRow, tokenizer: Any, template: str) -> Encoded:
-    """`[prompt | completion | EOS]` token ids, the prompt rendered as at generation time.
+def encode_row(
+    row: SFTRow, tokenizer: Any, template: str, history: str = "strip"
+) -> list[Encoded]:
+    """One `[prompt | completion | EOS]` sequence per assistant turn of the row.
 
-    Prompt and completion are tokenized separately, as the rollout engine sees them. A
-    completion following a prompt that ends without whitespace (the R1-Zero template's
-    `Assistant:`) starts with one space, as the worked shots in prompts do.
+    Each turn's context is the conversation before it, rendered as at generation time, its
+    earlier assistant turns without their reasoning (`history="strip"`, as R1's chat template
+    shows them) or verbatim (`"keep"`); the target is the whole assistant turn. Prompt and
+    completion are tokenized separately, as the rollout engine sees them. A completion
+    following a prompt that ends without whitespace (the R1-Zero template's `Assistant:`)
+    starts with one space, as the worked shots in prompts do.
     """
-    prompt = render(template, row.prompt, tokenizer)
-    completion = strip_prefill(row.completion, prompt.prefill, row.id)
+    turns = row.turns
+    shown = [(user, strip_thinking(r) if history == "strip" else r) for user, r in turns]
+    return [
+        _encode_turn(row.id, user, reply, shown[:i], tokenizer, template)
+        for i, (user, reply) in enumerate(turns)
+    ]
+
+
+def _encode_turn(
+    row_id: str,
+    user: str,
+    reply: str,
+    context: Sequence[tuple[str, str]],
+    tokenizer: Any,
+    template: str,
+) -> Encoded:
+    prompt = render(template, user, tokenizer, history=context)
+    completion = strip_prefill(reply, prompt.prefill, row_id)
     if prompt.text and not prompt.text[-1].isspace() and not completion[:1].isspace():
         completion = " " + completion
     prompt_ids = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
     if not prompt_ids:
-        raise UserError(f"row {row.id!r}: the rendered prompt has no tokens")
+        raise UserError(f"row {row_id!r}: the rendered prompt has no tokens")
     return Encoded(tuple(prompt_ids + completion_ids + [tokenizer.eos_token_id]), len(prompt_ids))
 
 
+def check_history(tokenizer: Any, template: str, history: str) -> None:
+    """`history: keep` needs a template that shows earlier reasoning; some chat templates
+    (the R1 distills', Qwen3's) drop it themselves, which would silently undo `keep`."""
+    if history != "keep":
+        return
+    probe = "r1lab-probe-thought"
+    text = render(template, "b", tokenizer, history=[("a", f"<think>{probe}</think> c")]).text
+    if probe not in text:
+        raise UserError(
+            f"data.history_thinking is keep, but the {template!r} template of this model drops "
+            "the reasoning of earlier turns itself; use strip (what it does anyway)"
+        )
+
+
 def encode_rows(
-    rows: Sequence[SFTRow], tokenizer: Any, template: str, max_tokens: int
+    rows: Sequence[SFTRow], tokenizer: Any, template: str, max_tokens: int, history: str = "strip"
 ) -> tuple[list[Encoded], int]:
-    """Encoded rows within `max_tokens`, and how many longer ones were dropped."""
+    """Encoded sequences (one per assistant turn) within `max_tokens`, and how many longer ones
+    were dropped."""
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token: SFT teaches the model where to stop")
-    encoded = [encode_row(row, tokenizer, template) for row in rows]
+    check_history(tokenizer, template, history)
+    encoded = [seq for row in rows for seq in encode_row(row, tokenizer, template, history)]
     kept = [s for s in encoded if len(s.ids) <= max_tokens]
     return kept, len(encoded) - len(kept)
 

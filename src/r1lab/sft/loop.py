@@ -41,6 +41,7 @@ from r1lab.sft.data import load_rows, split_rows, write_rows
 from r1lab.sft.encode import Encoded, add_special_token, data_hash, encode_rows
 from r1lab.sft.loss import accumulate_gradients, check_packing, mean_nll
 from r1lab.tasks import make_task
+from r1lab.text.formats import OutputFormat
 from r1lab.train.loop import Schedule, run_loop
 from r1lab.train.optim import build_optimizer, lr_at, set_lr
 from r1lab.train.progress import ProgressDisplay, log
@@ -65,10 +66,11 @@ def prepare_data(
         log(f"added {token!r} to the tokenizer (vocabulary {len(tokenizer)})")
     write_rows(run_dir / "data.jsonl", train_rows, held_rows)
     name, limit = config.template.name, config.data.max_tokens
-    train, dropped = encode_rows(train_rows, tokenizer, name, limit)
-    held_out, _ = encode_rows(held_rows, tokenizer, name, limit)
+    history = config.data.history_thinking
+    train, dropped = encode_rows(train_rows, tokenizer, name, limit, history)
+    held_out, _ = encode_rows(held_rows, tokenizer, name, limit, history)
     if dropped:
-        log(f"dropped {dropped} training rows longer than data.max_tokens={limit}")
+        log(f"dropped {dropped} training sequences longer than data.max_tokens={limit}")
     if not train:
         raise UserError(f"no training rows left (held out: {len(held_rows)}, too long: {dropped})")
     steps = config.train.steps
@@ -90,7 +92,12 @@ def sft(config: SFTConfig, resume: bool | str = False, progress: bool = True) ->
     state = load_state(checkpoint) if checkpoint else None
     t = config.train
     schedule = Schedule(
-        job.data.steps, t.save_every, t.keep_checkpoints, config.eval.every, t.max_bad_steps
+        job.data.steps,
+        t.save_every,
+        t.keep_checkpoints,
+        config.eval.every,
+        t.max_bad_steps,
+        t.final_only,
     )
     return run_loop(
         job,
@@ -182,8 +189,9 @@ class SFTJob:
         )
         with torch.random.fork_rng():  # the training RNG stays where it was
             torch.manual_seed(config.train.seed + 1)
+            fmt = OutputFormat(config.data.sources[0].format, config.data.special_token)
             records = sample_and_grade(
-                engine, task, examples, self.tokenizer, config.template.name, params
+                engine, task, examples, self.tokenizer, config.template.name, params, (), fmt
             )
         summary = summarize(records)
         return {f"eval/{k}": summary[k] for k in ("pass@1", "format", "length")}

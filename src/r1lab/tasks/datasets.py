@@ -16,15 +16,13 @@ solution), ``plain`` (the field as is); ``auto`` picks per row.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from r1lab.core.errors import UserError
+from r1lab.core.hub import hub_unreachable
 from r1lab.core.runfiles import Located, read_records
 from r1lab.core.types import Example
 from r1lab.tasks.base import Task, last_boxed, register_task, split_of
@@ -257,30 +255,6 @@ class JsonlTask(RecordTask):
 
 
 # --- Hugging Face hub datasets ----------------------------------------------------------
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached, or None when it may be; a quick TCP probe.
-
-    Without it, `load_dataset` on a machine with no network retries for about half a minute
-    before failing. Skipped in offline mode (the datasets cache then answers) and behind a
-    proxy (a direct connection says nothing there).
-    """
-    if _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE"):
-        return None
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        return f"cannot connect to {host}:{port}: {err}"
-    return None
 
 
 def load_hub_rows(name: str, repo: str, config: str | None, split: str, sample: str) -> list[Row]:

@@ -7,7 +7,9 @@ they are handled once:
 - Its timeouts use ``signal.alarm``, which raises outside the main thread (rollout and reward
   workers run in threads). We pass ``parsing_timeout=None`` / ``timeout_seconds=None`` and
   instead refuse inputs that could make sympy run for ever (over-long text, towers of powers,
-  huge factorials): see `_too_big`.
+  huge factorials): see `_too_big`. math-verify then warns "Timeout is disabled ..." on its
+  loggers; that is the choice made here, so the warning is filtered out (its other warnings,
+  about timeouts that fired, cannot happen without timeouts).
 - ``verify(gold, pred)`` is asymmetric: the gold answer always goes first.
 - A bare string is mined for its *last number*: ``parse("95 or 96")`` gives 96 and
   ``parse("2\sqrt{3}")`` gives 2. An answer extracted from ``<answer>`` tags or ``\boxed{}`` is
@@ -20,6 +22,7 @@ it and callers treat that as an error at load time.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
@@ -37,6 +40,14 @@ _MAX_EXPONENT_LOG10 = 6.0
 """Exponents above 10**6 are refused even on symbols: ``(x+1)**(10**9)`` expands for ever."""
 
 _CONFIGS = (LatexExtractionConfig(), ExprExtractionConfig())
+
+
+def _not_timeout_disabled(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_not_timeout_disabled)
 _MATH_DELIMS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
 _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\[,!;: ](?=\d{3}(?!\d))")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z .'\-]*")

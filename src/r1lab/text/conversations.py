@@ -1,9 +1,10 @@
 """Conversation rows: what SFT trains on, and what rejection sampling mixes in.
 
-A row is `SFTRow(id, prompt, completion, source)`: `prompt` is the bare user message (the
-trainer renders it with the configured template) and `completion` the whole assistant response.
-A conversations file has one JSON object a line: `{"messages": [{"role": "user", ...},
-{"role": "assistant", ...}]}` or `{"prompt": ..., "completion": ...}`, an optional `id`.
+A row is `SFTRow(id, prompt, completion, source, history)`: `prompt` is the bare user message
+(the trainer renders it with the configured template), `completion` the whole assistant
+response, `history` the earlier exchanges of a multi-turn conversation. A conversations file
+has one JSON object a line: `{"messages": [{"role": "user", ...}, {"role": "assistant", ...},
+...]}` or `{"prompt": ..., "completion": ...}`, an optional `id`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,39 @@ from typing import Any
 from r1lab.core.errors import UserError
 from r1lab.core.runfiles import Located, read_records
 
+Exchange = tuple[str, str]
+"""One earlier (user, assistant) exchange of a multi-turn conversation."""
+
 
 @dataclass(frozen=True)
 class SFTRow:
+    """A conversation to train on: `history` (earlier exchanges, oldest first), then the user
+    `prompt` and the assistant `completion`. Every assistant turn is a training target, the
+    earlier ones included (each in its own sequence, see `sft.encode`)."""
+
     id: str
     prompt: str
     completion: str
     source: str
+    history: tuple[Exchange, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def turns(self) -> tuple[Exchange, ...]:
+        """Every (user, assistant) exchange, this row's own last."""
+        return (*self.history, (self.prompt, self.completion))
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages (the `messages` form of a conversations file)."""
+        pairs = [(("user", u), ("assistant", a)) for u, a in self.turns]
+        return [{"role": role, "content": text} for pair in pairs for role, text in pair]
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        if not self.history:
+            del row["history"]
+        else:
+            row["history"] = [list(exchange) for exchange in self.history]
+        return row
 
 
 def digest(*parts: str) -> str:
@@ -52,12 +76,11 @@ def _text_field(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def conversation_pair(obj: dict[str, Any], where: str) -> tuple[str, str]:
-    """(prompt, completion) of one JSONL row: `messages` or `prompt` + `completion`.
+def conversation_turns(obj: dict[str, Any], where: str) -> tuple[Exchange, ...]:
+    """The (user, assistant) exchanges of one JSONL row: `messages` or `prompt` + `completion`.
 
-    `messages` must end with a user turn followed by the assistant's answer; a system message
-    or earlier turns are an error (the template sets the system prompt; multi-turn is not
-    supported yet).
+    `messages` alternate user and assistant turns, starting with a user turn and ending with
+    an assistant one. A system message is an error: the template sets the system prompt.
     """
     if "messages" not in obj:
         if "prompt" not in obj and "completion" not in obj:
@@ -65,7 +88,7 @@ def conversation_pair(obj: dict[str, Any], where: str) -> tuple[str, str]:
                 f"{where}: missing field 'messages' (a row needs `messages`, or `prompt` and "
                 "`completion`)"
             )
-        return _text_field(obj, "prompt", where), _text_field(obj, "completion", where)
+        return ((_text_field(obj, "prompt", where), _text_field(obj, "completion", where)),)
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: field 'messages' must be a non-empty list")
@@ -75,11 +98,15 @@ def conversation_pair(obj: dict[str, Any], where: str) -> tuple[str, str]:
         _text_field(message, "role", f"{where}: messages[{i}]")
         _text_field(message, "content", f"{where}: messages[{i}]")
     roles = [m["role"] for m in messages]
-    if roles != ["user", "assistant"]:
+    expected = ["user", "assistant"] * (len(roles) // 2)
+    if len(roles) < 2 or len(roles) % 2 or roles != expected:
         raise UserError(
-            f"{where}: messages must be one user turn then one assistant turn, got roles {roles}"
+            f"{where}: messages must alternate user and assistant turns, starting with a user "
+            f"turn and ending with an assistant one (the template sets the system prompt), "
+            f"got roles {roles}"
         )
-    return messages[0]["content"], messages[1]["content"]
+    contents = [m["content"] for m in messages]
+    return tuple(zip(contents[::2], contents[1::2], strict=True))
 
 
 def jsonl_rows(path: str | Path, limit: int | None = None) -> list[SFTRow]:
@@ -87,7 +114,8 @@ def jsonl_rows(path: str | Path, limit: int | None = None) -> list[SFTRow]:
     path = Path(path)
     rows = []
     for where, obj in json_lines(path)[:limit]:
-        prompt, completion = conversation_pair(obj, where)
-        row_id = str(obj["id"]) if "id" in obj else "jsonl-" + digest(prompt, completion)
-        rows.append(SFTRow(row_id, prompt, completion, f"jsonl:{path.name}"))
+        *history, (prompt, completion) = conversation_turns(obj, where)
+        texts = [text for exchange in (*history, (prompt, completion)) for text in exchange]
+        row_id = str(obj["id"]) if "id" in obj else "jsonl-" + digest(*texts)
+        rows.append(SFTRow(row_id, prompt, completion, f"jsonl:{path.name}", tuple(history)))
     return rows

@@ -14,6 +14,7 @@ an `r1` summary is found by the tasks' usual extraction (`\\boxed{}`), so "The a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from r1lab.core.errors import UserError, unknown_name
 
@@ -32,6 +33,22 @@ def check_style(style: str, special_token: str = SPECIAL_TOKEN) -> None:
         raise UserError(f"special_token must be a non-empty string, got {special_token!r}")
     if special_token != special_token.strip():
         raise UserError(f"special_token must not start or end with spaces: {special_token!r}")
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """The format a run's responses are trained in and judged by: evaluation, the GRPO
+    metrics and SFT's cleaned samples all check the run's own format, never a fixed one."""
+
+    style: str = "think"
+    special_token: str = SPECIAL_TOKEN
+
+    def ok(self, text: str) -> bool:
+        return format_ok(text, style=self.style, special_token=self.special_token)
+
+
+THINK = OutputFormat()
+"""The R1-Zero format, the default wherever a run names no other."""
 
 
 # --------------------------------------------------------------------------- think style
@@ -204,6 +221,23 @@ def think_text(text: str, style: str = "think", special_token: str = SPECIAL_TOK
     if style == "r1":
         return _r1_reasoning(text, special_token)
     return _think_reasoning(text)
+
+
+def strip_thinking(text: str, special_token: str = SPECIAL_TOKEN) -> str:
+    """A response without its reasoning, as an earlier turn of a conversation is shown: what
+    follows the last `</think>`, or the second delimiter of R1's readable format; a response
+    without reasoning as it is. DeepSeek-R1's chat template drops earlier turns' reasoning the
+    same way, so a multi-turn context stays short.
+
+    >>> strip_thinking("<think>2 + 2 = 4</think> <answer>4</answer>")
+    '<answer>4</answer>'
+    >>> strip_thinking("|special_token| 2 + 2 |special_token| It is 4."), strip_thinking("Hi!")
+    ('It is 4.', 'Hi!')
+    """
+    if THINK_CLOSE in text:
+        return text.rpartition(THINK_CLOSE)[2].strip()
+    parts = text.split(special_token, 2)
+    return parts[2].strip() if len(parts) == 3 and not parts[0].strip() else text
 
 
 def summary_text(text: str, style: str = "think", special_token: str = SPECIAL_TOKEN) -> str:

@@ -86,18 +86,36 @@ def pick_shots(task: Any, examples: Sequence[Example], count: int, style: str) -
     return shots
 
 
-def _r1_zero(question: str, tokenizer: Any, shots: Sequence[Example]) -> Prompt:
+Exchange = tuple[str, str]  # an earlier (user, assistant) turn of the same conversation
+
+
+def _r1_zero(
+    question: str, tokenizer: Any, shots: Sequence[Example], history: Sequence[Exchange] = ()
+) -> Prompt:
+    """Shots each in a template of their own; a conversation's earlier turns continue its
+    template as `User: ... Assistant: ...`."""
     head = ""
     for shot in shots:
         head += R1_ZERO.format(prompt=shot.prompt) + " " + worked_completion(shot) + "\n"
-    return Prompt(head + R1_ZERO.format(prompt=question))
+    if not history:
+        return Prompt(head + R1_ZERO.format(prompt=question))
+    (first, answer), *later = history
+    text = head + R1_ZERO.format(prompt=first) + " " + answer
+    for user, assistant in later:
+        text += f" User: {user}. Assistant: {assistant}"
+    return Prompt(f"{text} User: {question}. Assistant:")
 
 
-def _chat_messages(question: str, shots: Sequence[Example], system: str) -> list[dict]:
+def _chat_messages(
+    question: str, shots: Sequence[Example], system: str, history: Sequence[Exchange] = ()
+) -> list[dict]:
     messages = [{"role": "system", "content": system}] if system else []
     for shot in shots:
         messages.append({"role": "user", "content": shot.prompt})
         messages.append({"role": "assistant", "content": worked_completion(shot)})
+    for user, assistant in history:
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": assistant})
     messages.append({"role": "user", "content": question})
     return messages
 
@@ -117,9 +135,14 @@ def template_prefills_think(tokenizer: Any) -> bool:
 
 
 def _render_chat(
-    question: str, tokenizer: Any, shots: Sequence[Example], system: str, force_think: bool
+    question: str,
+    tokenizer: Any,
+    shots: Sequence[Example],
+    system: str,
+    force_think: bool,
+    history: Sequence[Exchange] = (),
 ) -> Prompt:
-    messages = _chat_messages(question, shots, system)
+    messages = _chat_messages(question, shots, system, history)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if template_prefills_think(tokenizer):
         stripped = text.rstrip()
@@ -131,20 +154,27 @@ def _render_chat(
     return Prompt(text, add_special_tokens=False)
 
 
-def _chat(question: str, tokenizer: Any, shots: Sequence[Example]) -> Prompt:
-    return _render_chat(question, tokenizer, shots, THINK_SYSTEM, force_think=False)
+def _chat(
+    question: str, tokenizer: Any, shots: Sequence[Example], history: Sequence[Exchange] = ()
+) -> Prompt:
+    return _render_chat(question, tokenizer, shots, THINK_SYSTEM, False, history)
 
 
-def _chat_think(question: str, tokenizer: Any, shots: Sequence[Example]) -> Prompt:
-    return _render_chat(question, tokenizer, shots, THINK_SYSTEM, force_think=True)
+def _chat_think(
+    question: str, tokenizer: Any, shots: Sequence[Example], history: Sequence[Exchange] = ()
+) -> Prompt:
+    return _render_chat(question, tokenizer, shots, THINK_SYSTEM, True, history)
 
 
-def _r1_math(question: str, tokenizer: Any, shots: Sequence[Example]) -> Prompt:
+def _r1_math(
+    question: str, tokenizer: Any, shots: Sequence[Example], history: Sequence[Exchange] = ()
+) -> Prompt:
     """The R1 README's evaluation style: no system prompt, the boxed instruction, `<think>\\n`."""
-    return _render_chat(f"{question}\n{MATH_INSTRUCTION}", tokenizer, shots, "", force_think=True)
+    question = f"{question}\n{MATH_INSTRUCTION}"
+    return _render_chat(question, tokenizer, shots, "", True, history)
 
 
-TemplateFn = Callable[[str, Any, Sequence[Example]], Prompt]
+TemplateFn = Callable[..., Prompt]  # (question, tokenizer, shots, history) -> Prompt
 
 TEMPLATES: dict[str, TemplateFn] = {
     "r1_zero": _r1_zero,
@@ -154,11 +184,18 @@ TEMPLATES: dict[str, TemplateFn] = {
 }
 
 
-def render(name: str, question: str, tokenizer: Any, shots: Sequence[Example] = ()) -> Prompt:
-    """Render `question` with template `name`; `shots` are worked examples shown first."""
+def render(
+    name: str,
+    question: str,
+    tokenizer: Any,
+    shots: Sequence[Example] = (),
+    history: Sequence[Exchange] = (),
+) -> Prompt:
+    """Render `question` with template `name`; `shots` are worked examples shown first, then
+    `history`, the earlier (user, assistant) turns of the same conversation, as they are."""
     if name not in TEMPLATES:
         raise unknown_name("template", name, TEMPLATES)
-    return TEMPLATES[name](question, tokenizer, shots)
+    return TEMPLATES[name](question, tokenizer, shots, history)
 
 
 def check_template(name: str) -> None:

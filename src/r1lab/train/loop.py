@@ -15,7 +15,8 @@ the run-directory contract, the same for both:
   4. evaluation rows every `eval_every` steps and at the end; a checkpoint every
      `save_every` steps and at the end, the newest `keep_checkpoints` kept;
   5. `final/`: written when the run trained, or when it stopped between its last checkpoint
-     and `final/`.
+     and `final/`; with `final_only` the checkpoints go once it is there (a finished pipeline
+     stage is never resumed: it is skipped, or started over when its inputs change).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from r1lab.core.checkpoint import rng_state, save_checkpoint, save_model_dir, set_rng_state
+from r1lab.core.checkpoint import (
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    save_model_dir,
+    set_rng_state,
+)
 from r1lab.core.config import dump_config
 from r1lab.core.errors import UserError
 from r1lab.core.runfiles import JsonlWriter
@@ -46,6 +53,7 @@ class Schedule:
     keep_checkpoints: int
     eval_every: int
     max_bad_steps: int
+    final_only: bool = False  # a finished run keeps final/ and deletes checkpoints/
 
     def due(self, every: int, step: int) -> bool:
         """At the last step, and every `every` steps (0: never in between)."""
@@ -127,6 +135,8 @@ def run_loop(
                 save_checkpoint(run_dir, step, job.model, job.tokenizer, saved, keep)
     if start < schedule.steps or not (run_dir / "final").exists():
         save_model_dir(job.model, job.tokenizer, run_dir / "final")
+    if schedule.final_only:
+        prune_checkpoints(run_dir)
     return run_dir
 
 

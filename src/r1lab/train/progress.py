@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from r1lab.core.runfiles import read_jsonl
 
 _CONSOLE = Console(stderr=True)
 
@@ -14,6 +18,24 @@ _CONSOLE = Console(stderr=True)
 def log(message: str) -> None:
     """A message for the user on stderr (above a live progress line, when one is shown)."""
     _CONSOLE.log(message)
+
+
+def eval_table(run_dir: Path, keys: Sequence[str]) -> Table | str:
+    """A finished run's evaluation rows (metrics.jsonl rows with `eval/...`), one per step;
+    a line saying there are none otherwise."""
+    rows = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if any("eval/" in k for k in r)]
+    if not rows:
+        return "no evaluation rows (eval.size 0, or no test split)"
+    table = Table("step", *(key.replace("/", " ") for key in keys))
+    for row in rows:
+        table.add_row(str(row["step"]), *(_cell(key, row.get(key)) for key in keys))
+    return table
+
+
+def _cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if key.endswith("length") else f"{value:.3f}"
 
 
 class ProgressDisplay:

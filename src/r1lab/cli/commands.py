@@ -1,0 +1,246 @@
+"""What each `r1lab` command does: read its arguments, call one function, show the result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from r1lab.core.errors import UserError
+from r1lab.train.progress import eval_table
+
+console = Console()
+ZERO_RECIPE = "recipes/r1_zero_arith.yaml"
+
+
+def _config(args: argparse.Namespace) -> object:
+    from r1lab.grpo.config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from r1lab.core.models import list_models
+
+    table = Table("spec", "description", "cache")
+    for row in list_models():
+        table.add_row(row["spec"], row["description"], row["cache"])
+    console.print(table)
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from r1lab.tasks import TASKS, make_task
+
+    if not args.name:
+        table = Table("task", "description")
+        for name, cls in sorted(TASKS.items()):
+            table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
+        console.print(table)
+        console.print("show examples: r1lab tasks NAME [-n 3] [--option key=value]")
+        return
+    options = dict(_parse_kv(o) for o in args.option or [])
+    task = make_task(args.name, options)
+    examples = task.examples(args.split, limit=args.n)
+    if not examples:
+        raise UserError(
+            f"task {args.name!r} has no {args.split} examples with these options"
+            + (" (set its test_fraction option to hold some out)" if args.split == "test" else "")
+        )
+    for ex in examples:
+        console.rule(f"[bold]{ex.id}")
+        console.print(f"[bold]prompt:[/bold] {ex.prompt}")
+        console.print(f"[bold]answer:[/bold] {ex.answer}")
+        if ex.solution:
+            console.print(f"[bold]solution:[/bold] {ex.solution}")
+
+
+def _parse_kv(text: str) -> tuple[str, object]:
+    from r1lab.core.config import parse_value
+
+    if "=" not in text:
+        raise UserError(f"--option expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, parse_value(value, f"--option {key}")
+
+
+def cmd_preflight(args: argparse.Namespace) -> None:
+    config = _config(args)
+    from r1lab.grpo.preflight import preflight
+
+    report = preflight(config, prompts=args.prompts, samples=args.samples)
+    for sample in report.samples:
+        console.rule(f"[bold]{sample['id']}  answer={sample['answer']}")
+        console.print(sample["completion"], markup=False)
+        terms = "  ".join(f"{k}={_fmt(v)}" for k, v in sample["terms"].items())
+        console.print(
+            f"[cyan]reward {sample['reward']:.3f}[/cyan]  {terms}  "
+            f"tokens={sample['tokens']} finished={sample['finished']}"
+        )
+    if report.prompt_tokens:
+        console.print(f"prompt tokens: {report.prompt_tokens}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if not report.warnings:
+        console.print("[green]no warnings[/green]")
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config = _config(args)  # a config mistake is reported before the trainer is imported
+    from r1lab.grpo.loop import train
+
+    run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {run_dir}")
+    console.print(eval_table(run_dir, ("eval/pass@1", "eval/format", "eval/length")))
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    """Supervised fine-tuning (R1's cold start) from a `kind: sft` recipe."""
+    from r1lab.sft.config import load_sft_config
+
+    config = load_sft_config(args.config, args.set or [])  # config mistakes before the trainer
+    from r1lab.sft.loop import sft
+
+    run_dir = sft(config, resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {run_dir}")
+    console.print(eval_table(run_dir, ("eval/loss", "eval/pass@1", "eval/format")))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Rejection sampling (R1's stage 3) from a `kind: sample` recipe."""
+    from r1lab.sample.config import load_sample_config
+
+    config = load_sample_config(args.config, args.set or [])  # config mistakes before the sampler
+    from r1lab.sample.run import REPORT, report_table, sample
+
+    out = sample(config, resume=args.resume, progress=not args.quiet)
+    console.print(f"[green]done[/green]: {out / 'data.jsonl'}")
+    console.print(report_table(out / REPORT))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Distillation: the teacher's rejection-sampled rows fine-tune the student by SFT."""
+    from r1lab.distill import REPORT, TEACHER_DIR, distill, load_distill_config
+
+    config = load_distill_config(args.config, args.set or [])  # the trainer is imported later
+    out = distill(config, resume=args.resume, progress=not args.quiet)
+    from r1lab.sample.run import report_table
+
+    console.print(report_table(out / TEACHER_DIR / REPORT))
+    console.print(f"[green]done[/green]: student model {out / 'student' / 'final'}")
+
+
+def cmd_zero(args: argparse.Namespace) -> None:
+    """R1-Zero on the built-in model: resumes or no-ops when the run already exists."""
+    from r1lab.grpo.config import load_config
+    from r1lab.grpo.loop import train
+    from r1lab.train.plots import plot_run
+
+    config = load_config(args.config or ZERO_RECIPE, args.set or [])
+    run_dir = train(config, resume="auto", progress=not args.quiet)
+    console.print(eval_table(run_dir, ("eval/pass@1", "eval/format", "eval/length")))
+    for path in plot_run(run_dir):
+        console.print(f"wrote {path}")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    """The R1 stages chained from a `kind: pipeline` YAML, then every model evaluated."""
+    from r1lab.pipeline.config import load_pipeline
+
+    pipeline = load_pipeline(args.config, args.set or [])  # every recipe checked before running
+    from r1lab.pipeline.report import score_table
+    from r1lab.pipeline.run import run_pipeline
+
+    done = run_pipeline(
+        pipeline,
+        progress=not args.quiet,
+        only=args.only,
+        rerun_from=args.rerun_from,
+        log=lambda message: console.print(message, markup=False),
+    )
+    if done.report is None:
+        console.print(f"[green]done[/green]: {pipeline.stage(args.only).out}")
+        return
+    console.print(score_table(pipeline, done.scores))
+    console.print(f"wrote {done.report}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from r1lab.train.plots import plot_run
+
+    for path in plot_run(Path(args.run)):
+        console.print(f"wrote {path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """One evaluation, a side-by-side comparison (--compare), or a run's curve (--run)."""
+    if args.compare:
+        _compare(args)
+        return
+    from r1lab.eval.protocol import Runtime
+
+    given = {name: getattr(args, name) for name in _EVAL_SETTINGS}
+    given["task_options"] = dict(_parse_kv(o) for o in args.option or [])
+    runtime = Runtime(
+        args.batch_size, args.dtype, args.compute_dtype, args.device, progress=not args.quiet
+    )
+    if args.run:
+        if args.out or args.model:
+            raise UserError("--run evaluates the run's own models into RUN/eval/<step>/")
+        from r1lab.eval.curves import CURVE_PNG, curve_table, evaluate_run
+
+        curve = evaluate_run(args.run, given, args.limit, runtime)
+        console.print(curve_table(curve))
+        console.print(f"wrote {Path(args.run) / 'eval' / CURVE_PNG} and .json")
+        return
+    if not args.task:
+        raise UserError("--task is required, e.g. --task arith (list them with `r1lab tasks`)")
+    from r1lab.core.models import DEFAULT_MODEL
+    from r1lab.eval.report import summary_table
+    from r1lab.eval.run import run_eval
+    from r1lab.eval.store import make_settings
+
+    fields = {key: value for key, value in given.items() if value is not None}
+    settings, notes = make_settings(args.model or DEFAULT_MODEL, fields.pop("task"), **fields)
+    summary = run_eval(settings, args.out, args.limit, runtime, notes)
+    console.print(summary_table(summary))
+    console.print(f"wrote {summary['out_dir']}/results.jsonl and summary.json")
+
+
+# `r1lab eval` flags that are evaluation settings (`eval.store.EvalSettings` fields); a flag
+# left unset (None) keeps the setting's default, or with --run the run's own value.
+_EVAL_SETTINGS = (
+    "task",
+    "template",
+    "shots",
+    "shot_style",
+    "k",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "greedy",
+    "engine",
+    "stop",
+    "style",
+    "special_token",
+)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from r1lab.eval import report
+
+    if args.run or args.task or args.model or args.out:
+        raise UserError("--compare takes eval directories only (plus --plot-out)")
+    summaries = [report.load_summary(d) for d in args.compare]
+    labels = report.labels_for(args.compare)
+    console.print(report.compare_table(summaries, labels))
+    for note in report.compare_notes(summaries):
+        console.print(f"[yellow]note:[/yellow] {note}")
+    plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
+    console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
