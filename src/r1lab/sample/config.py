@@ -72,11 +72,13 @@ class SampleGenerationConfig:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 16  # prompts per engine call and write to results.jsonl (resume unit)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    concurrency: int = 8  # requests at once to a model behind an endpoint (openai:MODEL@URL)
 
     def validate(self) -> None:
         at_least("generation.n", self.n, 1)
         at_least("generation.max_new_tokens", self.max_new_tokens, 1)
         at_least("generation.batch_size", self.batch_size, 1)
+        at_least("generation.concurrency", self.concurrency, 1)
         check_sampling("generation", self.temperature, self.top_p)
 
 
