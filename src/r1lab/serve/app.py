@@ -96,44 +96,44 @@ def create_app(served: Served) -> FastAPI:
         card = {"id": served.name, "object": "model", "created": 0, "owned_by": "r1lab"}
         return {"object": "list", "data": [card]}
 
-    async def generate(request: Request, chat: bool) -> Any:
-        _authorize(served, request)
-        body = await _read_json(request, served.limits.max_body_bytes)
-        req = (parse_chat if chat else parse_completion)(body, served.limits)
-        if req.model != served.name:
-            raise RequestError(
-                f"the model {req.model!r} does not exist; this server serves {served.name!r}",
-                "model",
-                404,
-                "model_not_found",
-            )
-        jobs = _jobs(served, req, chat)
-        if served.in_flight >= served.limits.max_concurrent:
-            raise RequestError(
-                f"too many requests in flight (at most {served.limits.max_concurrent}); "
-                "retry shortly",
-                None,
-                429,
-                "rate_limit_exceeded",
-                "rate_limit_error",
-            )
-        served.in_flight += 1
-        for job in jobs:
-            served.batcher.submit(job)
-        if req.stream:
-            chunks = _chunks(served, req, jobs, chat)
-            return StreamingResponse(chunks, media_type="text/event-stream")
-        return await _whole(request, req, jobs, chat, served)
-
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        return await generate(request, chat=True)
+        return await _generate(served, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return await generate(request, chat=False)
+        return await _generate(served, request, chat=False)
 
     return app
+
+
+async def _generate(served: Served, request: Request, chat: bool) -> Any:
+    """One chat or completion request: checked, admitted, queued, answered."""
+    _authorize(served, request)
+    body = await _read_json(request, served.limits.max_body_bytes)
+    req = (parse_chat if chat else parse_completion)(body, served.limits)
+    if req.model != served.name:
+        raise RequestError(
+            f"the model {req.model!r} does not exist; this server serves {served.name!r}",
+            "model",
+            404,
+            "model_not_found",
+        )
+    jobs = _jobs(served, req, chat)
+    if served.in_flight >= served.limits.max_concurrent:
+        raise RequestError(
+            f"too many requests in flight (at most {served.limits.max_concurrent}); retry shortly",
+            None,
+            429,
+            "rate_limit_exceeded",
+            "rate_limit_error",
+        )
+    served.in_flight += 1
+    for job in jobs:
+        served.batcher.submit(job)
+    if req.stream:
+        return StreamingResponse(_chunks(served, req, jobs, chat), media_type="text/event-stream")
+    return await _whole(request, req, jobs, chat, served)
 
 
 def _authorize(served: Served, request: Any) -> None:
