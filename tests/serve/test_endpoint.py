@@ -165,7 +165,7 @@ def flaky():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Flaky.seen = []
+    Flaky.seen, Flaky.script = [], []
     yield f"openai:m@http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     thread.join(timeout=10)
