@@ -197,12 +197,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-requests", type=int, default=1000, help="per client and phase")
+    parser.add_argument("--threads", type=int, help="the server's torch threads")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 clients, 3 s")
     args = parser.parse_args()
     if args.smoke:
         args.model, args.clients, args.seconds, args.max_tokens = "tiny:llama", 2, 3.0, 8
-    process, url = start_server(args.model, args.max_tokens)
+    process, url = start_server(args.model, args.max_tokens, args.threads)
     try:
         base = phase(url, args.model, 1, args.seconds, args.max_tokens, args.max_requests)
         load = phase(

@@ -264,6 +264,7 @@ def _serve_config(args: argparse.Namespace, **extra: object) -> object:
         dtype=args.dtype,
         compute_dtype=args.compute_dtype,
         device=args.device,
+        threads=args.threads,
         **extra,
     )
 

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="float32")
         p.add_argument("--compute-dtype", default="float32", help="bfloat16: bf16 matmuls")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+        p.add_argument("--threads", type=_at_least_one, help="torch CPU threads (default: all)")
 
     p = add("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
     served_model(p)

@@ -88,7 +88,8 @@ class JudgeConfig:
 
     It decides for prompts without a rule-checkable answer (general prompts; a reference
     text in their `reference` field is shown to it), and for every prompt when `always`.
-    It decodes greedily, in the `model` section's dtype, on `generation.device`.
+    It decodes greedily, in the `model` section's dtype, on `generation.device`; a judge behind
+    an endpoint (`openai:MODEL@URL`) needs room for its verdict line (`max_new_tokens`).
     """
 
     spec: str | None = None  # any model spec; None: no judge (unchecked samples are dropped)

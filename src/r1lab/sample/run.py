@@ -17,7 +17,9 @@
 
 Steps 3-6 are recomputed from the saved rows on every run, so changing a filter and
 resuming refilters without drawing a sample again. Where this departs from the paper: the
-judge is any local model instead of DeepSeek-V3, and the filters are rules, not people.
+judge is any model — local, or behind an endpoint (`openai:MODEL@URL`, as DeepSeek-V3 was) —
+and the filters are rules, not people. A model behind an endpoint keeps its answers in
+`responses.jsonl` (the judge's in `judge_responses.jsonl`), so a resume asks nothing twice.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ class ServeConfig:
     api_key_env: str = "R1LAB_API_KEY"
     window_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
     max_batch: int = 32  # choices per engine call
+    threads: int | None = None  # torch's intra-op threads (None: torch's default)
 
     def validate(self) -> None:
         if endpoint_parts(self.spec):
@@ -67,6 +68,8 @@ class ServeConfig:
         if self.window_ms < 0:
             raise UserError(f"--batch-window-ms must be >= 0, got {self.window_ms}")
         at_least("--max-batch", self.max_batch, 1)
+        if self.threads is not None:
+            at_least("--threads", self.threads, 1)
         self.limits.validate()
 
 
@@ -79,6 +82,10 @@ def build_served(config: ServeConfig) -> Any:
     from r1lab.serve.app import Served
 
     config.validate()
+    if config.threads is not None:  # on a shared CPU, fewer threads than cores can be faster
+        import torch
+
+        torch.set_num_threads(config.threads)
     model, tokenizer = load_model(config.spec, config.dtype)
     model.to(pick_device(config.device))
     engine = make_engine(
