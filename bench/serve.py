@@ -34,7 +34,7 @@ import httpx
 KEY = "bench-key"
 
 
-def start_server(model: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_tokens: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
@@ -48,6 +48,8 @@ def start_server(model: str, max_tokens: int) -> tuple[subprocess.Popen, str]:
         "--max-body-bytes",
         "100000",
     ]
+    if threads:
+        command += ["--threads", str(threads)]
     env = {**os.environ, "R1LAB_API_KEY": KEY}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     ready, _, _ = select.select([process.stdout], [], [], 600)

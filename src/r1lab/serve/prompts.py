@@ -43,6 +43,7 @@ class ChatPrompts:
                 "(or another r1lab template)"
             )
         self.tokenizer, self.template, self.prefill = tokenizer, template, prefill
+        self.opens_think = template == MODEL_TEMPLATE and template_prefills_think(tokenizer)
 
     def render(self, messages: Sequence[dict[str, str]]) -> Prompt:
         shown = [
@@ -63,7 +64,7 @@ class ChatPrompts:
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        if template_prefills_think(self.tokenizer):
+        if self.opens_think:
             stripped = text.rstrip()
             return Prompt(text, text[len(stripped) - len("<think>") :], add_special_tokens=False)
         return Prompt(text, add_special_tokens=False)
