@@ -221,6 +221,7 @@ def main() -> None:
     report = {
         "model": args.model,
         "max_tokens": args.max_tokens,
+        "threads": args.threads,
         "baseline": base,
         "load": load,
         "robustness": checks,
