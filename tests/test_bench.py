@@ -47,3 +47,16 @@ def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path
     }
     assert all(ratio["time_per_token"] > 0 for ratio in report["ratios"].values())
     assert plot.stat().st_size > 0
+
+
+def test_serve_bench_reports_both_phases_and_the_server_survives_bad_requests(tmp_path):
+    out = tmp_path / "serve.json"
+    run("serve.py", "--out", str(out))
+    report = json.loads(out.read_text())
+    for phase in ("baseline", "load"):
+        assert report[phase]["requests"] > 0 and report[phase]["failed"] == 0
+        assert report[phase]["ttft_ms_p50"] > 0 and report[phase]["per_token_ms_p50"] > 0
+    assert report["load"]["clients"] == 2 and report["throughput_ratio"] > 0
+    checks = report["robustness"]
+    assert (checks["malformed_status"], checks["oversized_status"]) == (400, 413)
+    assert checks["still_answering"] and checks["in_flight_after_abandoned"] == 0

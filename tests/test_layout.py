@@ -2,9 +2,9 @@
 
 Rooms, from the bottom: `core` (errors, records, config engine, models, checkpoints), `text`,
 `tasks`, `rewards`, `rollout`, `train` (what trainers share), `eval`, then the stages (`grpo`
-and `sft` side by side, `sample`, `distill`, `pipeline`) and the entry points on top. A module
-may import its own room and rooms below it; every import counts (function-level ones and those
-under TYPE_CHECKING too), so no cycle can hide behind a lazy import.
+and `sft` side by side, `sample`, `distill`, `pipeline`, `serve`) and the entry points on
+top. A module may import its own room and rooms below it; every import counts (function-level
+ones and those under TYPE_CHECKING too), so no cycle can hide behind a lazy import.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ RANKS = {
     "sample": 8,
     "distill": 9,
     "pipeline": 10,
+    "serve": 10,  # serving and chatting: rollout engines, text formats, model loading
     "cli": 11,
     "__main__": 12,
     "config": 12,  # kept import paths for scripts: `r1lab.config.build_config`

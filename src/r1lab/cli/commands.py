@@ -187,7 +187,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     given = {name: getattr(args, name) for name in _EVAL_SETTINGS}
     given["task_options"] = dict(_parse_kv(o) for o in args.option or [])
     runtime = Runtime(
-        args.batch_size, args.dtype, args.compute_dtype, args.device, progress=not args.quiet
+        args.batch_size,
+        args.dtype,
+        args.compute_dtype,
+        args.device,
+        progress=not args.quiet,
+        concurrency=args.concurrency,
     )
     if args.run:
         if args.out or args.model:
@@ -244,3 +249,61 @@ def _compare(args: argparse.Namespace) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
     plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
     console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
+
+
+def _serve_config(args: argparse.Namespace, **extra: object) -> object:
+    from r1lab.serve.server import ServeConfig
+
+    return ServeConfig(
+        spec=args.model,
+        template=args.template,
+        prefill=args.prefill.replace("\\n", "\n"),  # `\n` typed in a shell is a newline
+        style=args.style,
+        special_token=args.special_token,
+        engine=args.engine,
+        dtype=args.dtype,
+        compute_dtype=args.compute_dtype,
+        device=args.device,
+        threads=args.threads,
+        **extra,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """An OpenAI-compatible server (FastAPI + uvicorn) of any model spec."""
+    from r1lab.serve.protocol import ServeLimits
+    from r1lab.serve.server import serve
+
+    limits = ServeLimits(
+        args.max_tokens,
+        args.max_prompt_tokens,
+        args.max_concurrent,
+        args.max_n,
+        args.max_body_bytes,
+    )
+    config = _serve_config(
+        args,
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        api_key_env=args.api_key_env,
+        window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+    )
+    config.validate()  # a bad flag is reported before the model loads
+    serve(config, announce=lambda line: print(line, flush=True))
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    """A terminal chat: the thinking dimmed (or hidden), the answer plain, many turns."""
+    from r1lab.serve.chat import chat
+    from r1lab.serve.protocol import Sampling
+
+    sampling = Sampling(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    chat(_serve_config(args), sampling, hide_thinking=args.hide_thinking, system=args.system)

@@ -11,6 +11,7 @@ from rich.text import Text
 from r1lab import __version__
 from r1lab.cli.commands import (
     ZERO_RECIPE,
+    cmd_chat,
     cmd_distill,
     cmd_eval,
     cmd_models,
@@ -18,12 +19,14 @@ from r1lab.cli.commands import (
     cmd_plot,
     cmd_preflight,
     cmd_sample,
+    cmd_serve,
     cmd_sft,
     cmd_tasks,
     cmd_train,
     cmd_zero,
 )
 from r1lab.eval.protocol import PROTOCOL
+from r1lab.text.formats import SPECIAL_TOKEN
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plot", cmd_plot, "write PNG figures of a run (reward, accuracy, length, reflection)")
     p.add_argument("run", help="run directory, e.g. runs/r1_zero_arith")
     p = add("eval", cmd_eval, "pass@1 over k samples, cons@k, pass@k on a task's test split")
-    p.add_argument("--model", help="model spec or checkpoint dir (default: the built-in model)")
+    p.add_argument(
+        "--model",
+        help="model spec, checkpoint dir or openai:MODEL@URL (default: the built-in model)",
+    )
     p.add_argument("--task", help="task name or jsonl:PATH (with --run: the run's task)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option")
     p.add_argument("--template", help="prompt template (default r1_zero; --run: the run's)")
@@ -147,8 +153,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--compute-dtype", default="float32", help="bfloat16: bf16 matmuls (faster on bf16 CPUs)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--concurrency", type=_at_least_one, default=8, help="requests at once to an endpoint"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs="+", metavar="DIR", help="compare eval directories")
     p.add_argument("--plot-out", help="PNG path for --compare (default next to the first DIR)")
     p.add_argument("--run", help="evaluate every checkpoint of a run directory")
+
+    def served_model(p: argparse.ArgumentParser) -> None:
+        """How `serve` and `chat` load a model and read its responses."""
+        p.add_argument("model", help="model spec or checkpoint dir, e.g. runs/x/final")
+        p.add_argument(
+            "--template",
+            default="model",
+            help="model (its own chat template) or an r1lab template: chat, chat_think, ...",
+        )
+        p.add_argument("--prefill", default="", help=r"the answer's start, e.g. '<think>\n'")
+        p.add_argument("--style", default="think", choices=["think", "r1"], help="reasoning format")
+        p.add_argument("--special-token", default=SPECIAL_TOKEN, help="the r1 style's delimiter")
+        p.add_argument("--engine", default="prefix", help="prefix or hf")
+        p.add_argument("--dtype", default="float32")
+        p.add_argument("--compute-dtype", default="float32", help="bfloat16: bf16 matmuls")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+        p.add_argument("--threads", type=_at_least_one, help="torch CPU threads (default: all)")
+
+    p = add("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
+    served_model(p)
+    p.add_argument("--name", help="the model name clients send (default: the spec)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port")
+    p.add_argument("--api-key-env", default="R1LAB_API_KEY", help="env var holding the key")
+    p.add_argument("--max-tokens", type=_at_least_one, default=512, help="per choice")
+    p.add_argument("--max-prompt-tokens", type=_at_least_one, default=2048)
+    p.add_argument("--max-concurrent", type=_at_least_one, default=64, help="requests")
+    p.add_argument("--max-n", type=_at_least_one, default=8, help="choices per request")
+    p.add_argument("--max-body-bytes", type=_at_least_one, default=1_000_000)
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="wait for a batch")
+    p.add_argument("--max-batch", type=_at_least_one, default=32, help="choices per call")
+    p = add("chat", cmd_chat, "talk to a model in the terminal, its thinking shown apart")
+    served_model(p)
+    p.add_argument("--hide-thinking", action="store_true", help="show only the answers")
+    p.add_argument("--max-tokens", type=_at_least_one, default=512)
+    p.add_argument("--temperature", type=float, default=PROTOCOL.temperature)
+    p.add_argument("--top-p", type=float, default=PROTOCOL.top_p)
+    p.add_argument("--seed", type=int, help="fix the sampling (default: random)")
+    p.add_argument("--system", help="a system message (with --template model)")
     return parser

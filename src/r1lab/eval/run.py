@@ -25,6 +25,7 @@ from r1lab.core.types import Example
 from r1lab.eval.metrics import LEVEL, RESAMPLES, Row, eval_metrics
 from r1lab.eval.protocol import Runtime
 from r1lab.eval.store import (
+    RESPONSES,
     RESULTS,
     SPLIT,
     SUMMARY,
@@ -69,7 +70,7 @@ def sample_and_grade(
                     "correct": task.grade(answer, example),
                     "gold": example.answer,
                     "format": fmt.ok(full),
-                    "length": len(gen.completion_ids),
+                    "length": gen.length,
                     "truncated": not gen.finished,
                 }
             )
@@ -157,7 +158,7 @@ def sample_problems(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    engine, tokenizer = _engine(settings, todo, shots, runtime)
+    engine, tokenizer = _engine(settings, todo, shots, runtime, path.parent / RESPONSES)
     params = SamplingParams(
         n=settings.k,
         max_new_tokens=settings.max_new_tokens,
@@ -181,14 +182,24 @@ def sample_problems(
 
 
 def _engine(
-    settings: EvalSettings, todo: Sequence[Example], shots: Sequence[Example], runtime: Runtime
+    settings: EvalSettings,
+    todo: Sequence[Example],
+    shots: Sequence[Example],
+    runtime: Runtime,
+    cache: Path,
 ) -> tuple[RolloutEngine, Any]:
     """(engine, tokenizer) for the settings' model on the runtime's device; prompts are never
     cut: the engine keeps the last `max_prompt_tokens` of a prompt, and sizing it to the longest
-    prompt evaluated means a long few-shot prompt is never silently truncated."""
-    from r1lab.core.models import load_model, pick_device
+    prompt evaluated means a long few-shot prompt is never silently truncated. A model behind
+    an endpoint gets the endpoint engine, its answers cached in `cache` for a resume."""
+    from r1lab.core.models import endpoint_parts, load_model, load_tokenizer, pick_device
     from r1lab.rollout import make_engine
 
+    if endpoint_parts(settings.model):
+        from r1lab.rollout.endpoint import EndpointEngine
+
+        engine = EndpointEngine(settings.model, cache, settings.format, runtime.concurrency)
+        return engine, load_tokenizer(settings.model)
     model, tokenizer = load_model(settings.model, runtime.dtype)
     model.to(pick_device(runtime.device))
     prompts = [render(settings.template, ex.prompt, tokenizer, shots) for ex in todo]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.models import endpoint_parts
 from r1lab.core.runfiles import jsonl_text, read_jsonl, write_atomic
 from r1lab.eval.metrics import Row
 from r1lab.eval.protocol import PROTOCOL
@@ -23,6 +24,7 @@ from r1lab.text.formats import SPECIAL_TOKEN, OutputFormat, check_style
 from r1lab.text.templates import SHOT_STYLES
 
 RESULTS, SUMMARY, SETTINGS = "results.jsonl", "summary.json", "settings.json"
+RESPONSES = "responses.jsonl"  # an endpoint model's answers, cached for a resume
 SPLIT = "test"
 _ADDED_LATER = {"style": "think", "special_token": SPECIAL_TOKEN}
 _UNSET = object()
@@ -109,7 +111,9 @@ def default_out_dir(settings: EvalSettings, root: str | Path = "evals") -> Path:
     directory and changing any setting never collides with an older evaluation.
     """
     digest = hashlib.sha256(json.dumps(settings.to_json()).encode()).hexdigest()[:8]
-    model = re.split(r"[/:\\]", settings.model.rstrip("/"))[-1]
+    endpoint = endpoint_parts(settings.model)
+    model = endpoint[0] if endpoint else settings.model
+    model = re.split(r"[/:\\]", model.rstrip("/"))[-1]
     task = Path(settings.task.split(":", 1)[-1]).stem if ":" in settings.task else settings.task
     mode = "greedy" if settings.greedy else f"k{settings.k}"
     name = f"{model}_{task}_{settings.template}_{mode}-{digest}"

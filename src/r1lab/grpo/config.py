@@ -34,6 +34,7 @@ from r1lab.rewards import RewardTerm, check_terms
 from r1lab.tasks import TaskConfig, check_task
 from r1lab.text.templates import TemplateConfig, check_template
 from r1lab.train.optim import OptimConfig
+from r1lab.train.tracking import check_report_to
 
 
 def _default_rewards() -> list[RewardTerm]:
@@ -166,8 +167,10 @@ class TrainConfig:
     max_bad_steps: int = 3  # stop after this many non-finite losses in a row
     out_dir: str = "runs"
     language: str = "en"  # target language of the chain of thought
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
 
     def validate(self) -> None:
+        check_report_to("train.report_to", self.report_to)
         at_least("train.steps", self.steps, 1)
         at_least("train.save_every", self.save_every, 0)
         at_least("train.keep_checkpoints", self.keep_checkpoints, 1)

@@ -72,6 +72,7 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
         schedule,
         state,
         lambda total, start: ProgressDisplay(total, start, progress, stats),
+        report_to=config.train.report_to,
     )
 
 

@@ -34,11 +34,25 @@ class Generation:
     completion_ids: list[int]  # sampled tokens, including the EOS token when one was sampled
     text: str  # decoded completion without special tokens
     finished: bool  # stopped by EOS or a stop string, not by the length limit
+    count: int | None = None  # tokens by the engine's count when the ids are unknown (endpoint)
+
+    @property
+    def length(self) -> int:
+        """Completion tokens: the ids sampled here, or the count a remote endpoint reported."""
+        return len(self.completion_ids) if self.count is None else self.count
+
+
+TokenCallback = Callable[[int, int], bool]
+"""`on_token(row, token)`, called as each token is sampled (row = prompt index * n + sample);
+returning True ends that row there, as a stop string would (a server's client went away, or
+its own limit was reached). What `r1lab serve` streams from."""
 
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Generation]]:
-        """`params.n` generations for each prompt, in prompt order: shape [P][n]."""
+        """`params.n` generations for each prompt, in prompt order: shape [P][n].
+
+        The local engines (`prefix`, `hf`) also take `on_token: TokenCallback`, to stream."""
         ...
 
     def sync_weights(self, model: Any) -> None:

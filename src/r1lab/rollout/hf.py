@@ -9,7 +9,13 @@ from typing import Any
 import torch
 
 from r1lab.core.models import compute_context
-from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
+from r1lab.rollout.base import (
+    Generation,
+    SamplingParams,
+    TokenCallback,
+    eos_token_ids,
+    register_engine,
+)
 from r1lab.text.templates import Prompt
 
 
@@ -48,6 +54,29 @@ def cut_completion(
     return tokens, False
 
 
+class _RowStreamer:
+    """`generate`'s streamer interface for a whole batch: each row's new token goes to
+    `on_token(first_row + row, token)` until the row has sampled an EOS token (later ones are
+    padding). `generate` cannot end a single row, so `on_token`'s answer is not used."""
+
+    def __init__(self, on_token: TokenCallback, first_row: int, eos_ids: set[int]) -> None:
+        self.on_token, self.first_row, self.eos_ids = on_token, first_row, eos_ids
+        self.prompt_seen, self.done = False, set()
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompts
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if row not in self.done:
+                self.on_token(self.first_row + row, token)
+                if token in self.eos_ids:
+                    self.done.add(row)
+
+    def end(self) -> None:
+        pass
+
+
 class HFEngine:
     """`model.generate` with left-padded batches; `n` samples per prompt share one batch.
 
@@ -73,21 +102,31 @@ class HFEngine:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Generation]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        on_token: TokenCallback | None = None,
+    ) -> list[list[Generation]]:
+        """[P][n] generations; `on_token` sees each row's tokens as they are sampled."""
         if params.seeds is not None:  # `generate` has one RNG: one call per seeded prompt
             device = next(self.model.parameters()).device
             devices = [device.index or 0] if device.type == "cuda" else []
             unseeded = replace(params, seeds=None)
             groups = []
-            for prompt, seed in zip(prompts, params.seeds, strict=True):
+            for index, (prompt, seed) in enumerate(zip(prompts, params.seeds, strict=True)):
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed)
-                    groups += self._generate([prompt], unseeded)
+                    groups += self._generate([prompt], unseeded, on_token, index * params.n)
             return groups
-        return self._generate(prompts, params)
+        return self._generate(prompts, params, on_token)
 
     def _generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        on_token: TokenCallback | None = None,
+        first_row: int = 0,
     ) -> list[list[Generation]]:
         prompt_ids = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
         rows = [ids for ids in prompt_ids for _ in range(params.n)]
@@ -104,6 +143,8 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if on_token is not None:
+            kwargs.update(streamer=_RowStreamer(on_token, first_row, self.eos_ids))
         was_training = self.model.training
         self.model.eval()
         with compute_context(self.compute_dtype, device):

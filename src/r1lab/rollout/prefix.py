@@ -21,7 +21,13 @@ from transformers import DynamicCache
 
 from r1lab.core.errors import UserError
 from r1lab.core.models import compute_context
-from r1lab.rollout.base import Generation, SamplingParams, eos_token_ids, register_engine
+from r1lab.rollout.base import (
+    Generation,
+    SamplingParams,
+    TokenCallback,
+    eos_token_ids,
+    register_engine,
+)
 from r1lab.rollout.hf import encode_prompts, left_pad
 from r1lab.rollout.lean import SUPPORTED, KVBuffer, LeanDecoder, supports
 from r1lab.text.templates import Prompt
@@ -170,12 +176,18 @@ class PrefixEngine:
         return any(s in tail for s in stop)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Generation]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        on_token: TokenCallback | None = None,
+    ) -> list[list[Generation]]:
+        """[P][n] generations; `on_token` sees each token as it is sampled (see base)."""
         model = self.model
         was_training = model.training
         model.eval()
         try:
-            return self._generate(prompts, params)
+            return self._generate(prompts, params, on_token)
         finally:
             model.train(was_training)
             if self.decoder is not None and not self.keep_weights:
@@ -209,7 +221,7 @@ class PrefixEngine:
         return logits, position, _HFDecode(model, cache, mask.index_select(0, rows))
 
     def _generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams
+        self, prompts: Sequence[Prompt], params: SamplingParams, on_token: TokenCallback | None
     ) -> list[list[Generation]]:
         n = params.n
         prompt_ids = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
@@ -230,6 +242,8 @@ class PrefixEngine:
                     continue  # waiting for the next compaction; its token is discarded
                 tokens[sample].append(token)
                 if hit_eos[row] or self._stopped(tokens[sample], params.stop):
+                    finished[sample] = True
+                if on_token is not None and on_token(sample, token):
                     finished[sample] = True
             keep = [row for row, sample in enumerate(alive) if not finished[sample]]
             if not keep or step == params.max_new_tokens - 1:

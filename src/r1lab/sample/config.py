@@ -72,11 +72,13 @@ class SampleGenerationConfig:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 16  # prompts per engine call and write to results.jsonl (resume unit)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    concurrency: int = 8  # requests at once to a model behind an endpoint (openai:MODEL@URL)
 
     def validate(self) -> None:
         at_least("generation.n", self.n, 1)
         at_least("generation.max_new_tokens", self.max_new_tokens, 1)
         at_least("generation.batch_size", self.batch_size, 1)
+        at_least("generation.concurrency", self.concurrency, 1)
         check_sampling("generation", self.temperature, self.top_p)
 
 
@@ -86,7 +88,8 @@ class JudgeConfig:
 
     It decides for prompts without a rule-checkable answer (general prompts; a reference
     text in their `reference` field is shown to it), and for every prompt when `always`.
-    It decodes greedily, in the `model` section's dtype, on `generation.device`.
+    It decodes greedily, in the `model` section's dtype, on `generation.device`; a judge behind
+    an endpoint (`openai:MODEL@URL`) needs room for its verdict line (`max_new_tokens`).
     """
 
     spec: str | None = None  # any model spec; None: no judge (unchecked samples are dropped)

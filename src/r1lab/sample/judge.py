@@ -106,31 +106,39 @@ def judge_inputs(
 
 
 class Judge:
-    """A judge model behind a rollout engine, decoding greedily."""
+    """A judge model behind a rollout engine, decoding greedily.
+
+    A model behind an endpoint (`openai:MODEL@URL`) is asked through the endpoint engine, its
+    replies cached in `cache`; its answer cannot be prefilled with `Verdict:`, so give it room
+    (`judge.max_new_tokens`) to write the verdict line the instruction asks for.
+    """
 
     def __init__(
-        self, spec: str, dtype: str = "float32", max_new_tokens: int = 8, device: str = "auto"
+        self,
+        spec: str,
+        dtype: str = "float32",
+        max_new_tokens: int = 8,
+        device: str = "auto",
+        cache: Any = None,
     ) -> None:
-        import torch
+        from r1lab.core.models import endpoint_parts
+        from r1lab.rollout import SamplingParams
 
-        from r1lab.core.models import load_model
-        from r1lab.rollout import SamplingParams, make_engine
-
-        model, self.tokenizer = load_model(spec, dtype)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model.to(torch.device(device))
-        # a prompt is cut (from the left) only where it exceeds the judge's own context
-        context = getattr(model.config, "max_position_embeddings", None) or 2048
-        room = max(1, context - max_new_tokens)
-        self.engine = make_engine("prefix", model, self.tokenizer, max_prompt_tokens=room)
         self.params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+        if endpoint_parts(spec):
+            from r1lab.rollout.endpoint import EndpointEngine
+
+            self.engine, self.tokenizer = EndpointEngine(spec, cache), None
+        else:
+            self.engine, self.tokenizer = _local_engine(spec, dtype, max_new_tokens, device)
 
     def render(self, instruction: str) -> Any:
         """The instruction as a user turn of the judge's chat template (plain text without),
-        the answer prefilled with `Verdict:`."""
+        the answer prefilled with `Verdict:`; for an endpoint, the chat message alone."""
         from r1lab.text.templates import Prompt
 
+        if self.tokenizer is None:
+            return Prompt(instruction, messages=(("user", instruction),))
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": instruction}]
             text = self.tokenizer.apply_chat_template(
@@ -144,8 +152,27 @@ class Judge:
         asked = [i for i, (_, _, prediction) in enumerate(items) if prediction.strip()]
         prompts = [self.render(judge_prompt(*items[i])) for i in asked]
         groups = self.engine.generate(prompts, self.params) if prompts else []
-        texts = [PREFILL + group[0].text for group in groups]
+        texts = [
+            prompt.prefill + group[0].text for prompt, group in zip(prompts, groups, strict=True)
+        ]
         found = [Verdict(False, "")] * len(items)
         for i, text in zip(asked, texts, strict=True):
             found[i] = Verdict(parse_verdict(text), text)
         return found
+
+
+def _local_engine(spec: str, dtype: str, max_new_tokens: int, device: str) -> tuple[Any, Any]:
+    """(engine, tokenizer) of a local judge model on `device`."""
+    import torch
+
+    from r1lab.core.models import load_model
+    from r1lab.rollout import make_engine
+
+    model, tokenizer = load_model(spec, dtype)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(torch.device(device))
+    # a prompt is cut (from the left) only where it exceeds the judge's own context
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    room = max(1, context - max_new_tokens)
+    return make_engine("prefix", model, tokenizer, max_prompt_tokens=room), tokenizer

@@ -17,7 +17,9 @@
 
 Steps 3-6 are recomputed from the saved rows on every run, so changing a filter and
 resuming refilters without drawing a sample again. Where this departs from the paper: the
-judge is any local model instead of DeepSeek-V3, and the filters are rules, not people.
+judge is any model — local, or behind an endpoint (`openai:MODEL@URL`, as DeepSeek-V3 was) —
+and the filters are rules, not people. A model behind an endpoint keeps its answers in
+`responses.jsonl` (the judge's in `judge_responses.jsonl`), so a resume asks nothing twice.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ DATA, REJECTED, REPORT, JUDGE, CONFIG = (
     "judge.jsonl",
     "config.yaml",
 )
+JUDGE_RESPONSES = "judge_responses.jsonl"  # an endpoint judge's replies, cached for a resume
 
 
 def sample(config: SampleConfig, resume: bool | str = False, progress: bool = True) -> Path:
@@ -175,8 +178,9 @@ def draw(
         notes.append(f"resumed: {len(examples) - len(todo)} prompts reused from {RESULTS}")
     if todo:
         gen = config.generation
+        model = config.model
         runtime = Runtime(
-            gen.batch_size, config.model.dtype, config.model.compute_dtype, gen.device, progress
+            gen.batch_size, model.dtype, model.compute_dtype, gen.device, progress, gen.concurrency
         )
         sample_problems(settings, task, todo, shots, out / RESULTS, runtime, label="sample")
         finished = load_finished(out, settings.k)
@@ -213,7 +217,11 @@ def judge_drawn(
         from r1lab.sample.judge import Judge
 
         model = Judge(
-            judge.spec, config.model.dtype, judge.max_new_tokens, config.generation.device
+            judge.spec,
+            config.model.dtype,
+            judge.max_new_tokens,
+            config.generation.device,
+            cache=path.parent / JUDGE_RESPONSES,
         )
         style, token = config.filters.style, config.filters.special_token
         with progress_bar("judge", len(by_prompt), progress) as advance:

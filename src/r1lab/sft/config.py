@@ -43,6 +43,7 @@ from r1lab.tasks import TaskConfig, check_task
 from r1lab.text.formats import SPECIAL_TOKEN
 from r1lab.text.templates import TemplateConfig, check_template
 from r1lab.train.optim import OptimConfig
+from r1lab.train.tracking import check_report_to
 
 SOURCE_KINDS = ("task", "jsonl", "samples")
 FORMATS = ("think", "r1")  # <think>…</think> <answer>…</answer>, or |special_token| reasoning …
@@ -134,8 +135,10 @@ class SFTTrainConfig:
     final_only: bool = False  # once final/ is written, delete checkpoints/ (pipeline stages)
     max_bad_steps: int = 3  # stop after this many non-finite losses in a row
     out_dir: str = "runs"
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
 
     def validate(self) -> None:
+        check_report_to("train.report_to", self.report_to)
         if self.steps is not None and self.epochs is not None:
             raise UserError("set train.steps or train.epochs, not both (the other to null)")
         if self.steps is not None:

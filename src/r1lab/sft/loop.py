@@ -106,6 +106,7 @@ def sft(config: SFTConfig, resume: bool | str = False, progress: bool = True) ->
         schedule,
         state,
         lambda total, start: ProgressDisplay(total, start, progress, stats),
+        report_to=config.train.report_to,
     )
 
 

@@ -261,3 +261,22 @@ def summary_text(text: str, style: str = "think", special_token: str = SPECIAL_T
     if not close:
         return ""
     return _TAG_RE.sub(" ", tail).strip()
+
+
+def join_reasoning(reasoning: str, content: str, fmt: OutputFormat = THINK) -> str:
+    """One response in `fmt` from an API's two fields (`reasoning_content`, `content`): what an
+    endpoint model's answer is graded as, so its format is judged like a local model's.
+
+    >>> join_reasoning("2 + 2 = 4", "<answer>4</answer>")
+    '<think>\\n2 + 2 = 4\\n</think>\\n<answer>4</answer>'
+    >>> join_reasoning("2 + 2 = 4", "It is 4.", OutputFormat("r1"))
+    '|special_token|\\n2 + 2 = 4\\n|special_token|\\nIt is 4.'
+    >>> join_reasoning("", "Hello!")
+    'Hello!'
+    """
+    if not reasoning:
+        return content
+    if fmt.style == "r1":
+        token = fmt.special_token
+        return f"{token}\n{reasoning}\n{token}\n{content}"
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{content}"

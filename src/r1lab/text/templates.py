@@ -41,12 +41,14 @@ class Prompt:
     """What the model is asked to continue.
 
     `text` already ends with `prefill`; `add_special_tokens` is False for chat-rendered text,
-    which carries its own special tokens.
+    which carries its own special tokens. `messages` are the (role, content) chat messages a
+    chat template rendered into `text`: what a model behind an endpoint is sent instead.
     """
 
     text: str
     prefill: str = ""
     add_special_tokens: bool = True
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 def worked_completion(example: Example) -> str:
@@ -144,14 +146,14 @@ def _render_chat(
 ) -> Prompt:
     messages = _chat_messages(question, shots, system, history)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    pairs = tuple((m["role"], m["content"]) for m in messages)
     if template_prefills_think(tokenizer):
         stripped = text.rstrip()
-        return Prompt(
-            text, prefill=text[len(stripped) - len("<think>") :], add_special_tokens=False
-        )
+        prefill = text[len(stripped) - len("<think>") :]
+        return Prompt(text, prefill, add_special_tokens=False, messages=pairs)
     if force_think:
-        return Prompt(text + THINK_PREFILL, prefill=THINK_PREFILL, add_special_tokens=False)
-    return Prompt(text, add_special_tokens=False)
+        return Prompt(text + THINK_PREFILL, THINK_PREFILL, add_special_tokens=False, messages=pairs)
+    return Prompt(text, add_special_tokens=False, messages=pairs)
 
 
 def _chat(

@@ -38,6 +38,7 @@ from r1lab.core.config import dump_config
 from r1lab.core.errors import UserError
 from r1lab.core.runfiles import JsonlWriter
 from r1lab.train.progress import ProgressDisplay
+from r1lab.train.tracking import Tracked
 
 
 class TrainingStopped(UserError):
@@ -92,10 +93,12 @@ def run_loop(
     schedule: Schedule,
     state: dict[str, Any] | None,
     display: Callable[[int, int], ProgressDisplay],
+    report_to: Sequence[str] = ("jsonl",),
 ) -> Path:
     """Run `job` from `state` (None: a fresh start) to `schedule.steps`; returns `run_dir`.
 
-    `display(total, start)` builds the progress line; `config` is written as config.yaml.
+    `display(total, start)` builds the progress line; `config` is written as config.yaml;
+    metrics rows also go to the trackers `report_to` names (`train.tracking`).
     """
     metrics = JsonlWriter(run_dir / "metrics.jsonl")
     files = [metrics, *job.files]
@@ -111,15 +114,16 @@ def run_loop(
             file.clear()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
+    log = Tracked(metrics, report_to, run_dir, config, start)
     if start == 0:
-        _write_eval(metrics, job, 0)
-    with display(schedule.steps, start) as shown:
+        _write_eval(log, job, 0)
+    with log, display(schedule.steps, start) as shown:
         for step in range(start + 1, schedule.steps + 1):
             began = time.perf_counter()
             row, ok = job.step(step)
             bad_steps = 0 if ok else bad_steps + 1
             row = {"step": step, **row, "step_seconds": time.perf_counter() - began}
-            metrics.write(row)
+            log(row)
             shown.update(step, row)
             if bad_steps >= schedule.max_bad_steps:
                 raise TrainingStopped(
@@ -128,7 +132,7 @@ def run_loop(
                     f"{run_dir / 'checkpoints'} is intact. {job.stop_advice}"
                 )
             if schedule.due(schedule.eval_every, step):
-                _write_eval(metrics, job, step)
+                _write_eval(log, job, step)
             if schedule.due(schedule.save_every, step):
                 saved = {"step": step, "bad_steps": bad_steps, "rng": rng_state(), **job.state()}
                 keep = schedule.keep_checkpoints
@@ -140,7 +144,7 @@ def run_loop(
     return run_dir
 
 
-def _write_eval(metrics: JsonlWriter, job: Job, step: int) -> None:
+def _write_eval(log: Callable[[dict[str, Any]], None], job: Job, step: int) -> None:
     row = job.evaluate(step)
     if row:
-        metrics.write({"step": step, **row})
+        log({"step": step, **row})
