@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1lab.rewards import REWARDS
-
 
 def spread(inputs) -> list[float | None]:
-    """A reward the random tiny model earns unevenly: it depends on the sampled text."""
+    """A reward the random tiny model earns unevenly: it depends on the sampled text (named
+    by its import path, so `torchrun -m r1lab train` run from this folder finds it)."""
     return [len(text) % 5 / 4 for text in inputs.completions]
-
-
-REWARDS["dist_spread"] = spread
 
 GRPO = [
     "model.spec=tiny:llama",
@@ -59,7 +55,7 @@ def grpo_run(out: Path, name: str, *overrides: str, crash_at: int = 0, resume: b
     from r1lab.grpo import loop
     from r1lab.grpo.config import build_config
 
-    terms = [{"name": "accuracy"}, {"name": "format", "weight": 0.5}, {"name": "dist_spread"}]
+    terms = [{"name": "accuracy"}, {"name": "format", "weight": 0.5}, {"name": "dist_cases:spread"}]
     raw = {"rewards": terms}
     config = build_config(raw, [f"name={name}", f"train.out_dir={out}", *GRPO, *overrides])
     real = loop.rollout_step
@@ -127,8 +123,7 @@ LAUNCHES = {
         lambda out: grpo_run(out, "fsdp_killed", FSDP, crash_at=2),
         lambda out: sft_run(out, "fsdp_sft", FSDP),
     ],
-    "resume": [
-        lambda out: grpo_run(out, "grpo_killed", resume=True),
+    "resume": [  # grpo_killed resumes through the CLI (test_dist.py)
         lambda out: sft_run(out, "sft_killed", resume=True),
         lambda out: grpo_run(out, "fsdp_killed", FSDP, resume=True),
     ],

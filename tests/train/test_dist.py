@@ -23,30 +23,36 @@ from transformers import AutoModelForCausalLM
 
 from r1lab.core.checkpoint import latest_checkpoint, load_state
 from r1lab.core.errors import UserError
-from r1lab.core.models import load_tokenizer
+from r1lab.core.models import load_model, load_tokenizer
 from r1lab.core.runfiles import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 TIMING = ("step_seconds", "gen_tokens_per_s")
 
 
-def torchrun(launch: str, out: Path) -> None:
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 ARGS` from this folder, one thread a rank."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1] / "src"), env.get("PYTHONPATH", "")])
     env["R1LAB_DIST_TIMEOUT"] = "300"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", str(HERE / "dist_worker.py"), launch, str(out)]
+    command += ["--nproc-per-node", "2", *args]
     done = subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-6000:]
+    return done
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory) -> Path:
-    """Every two-rank case: the runs, then (a fresh launch) the resumes of the killed ones."""
+    """Every two-rank case: the runs, then fresh launches resume the killed ones (the GRPO
+    one as a user would: `torchrun -m r1lab train RUN/config.yaml --resume`)."""
     out = tmp_path_factory.mktemp("two_ranks")
     load_tokenizer()  # the built-in tokenizer's cache exists before two processes read it
-    torchrun("first", out)
-    torchrun("resume", out)
+    torchrun("dist_worker.py", "first", str(out))
+    recipe = out / "grpo_killed" / "config.yaml"
+    cli = torchrun("-m", "r1lab", "train", str(recipe), "--resume", "--quiet")
+    assert cli.stdout.count("done") == 1  # rank 0 alone reports
+    torchrun("dist_worker.py", "resume", str(out))
     return out
 
 
@@ -97,6 +103,8 @@ def test_grpo_on_two_ranks_matches_one_process_in_loss_grad_norm_and_weights(
 ):
     close_rows(two / name, one / reference, 1e-4)
     assert max_weight_difference(two / name, one / reference) < 1e-4  # lr 0.01: 1% of a step
+    trained, base = weights(two / name), load_model("tiny:llama")[0].state_dict()
+    assert max(float((trained[k] - base[k]).abs().max()) for k in base) > 1e-3  # it trained
 
 
 @pytest.mark.parametrize("name", ["sft", "fsdp_sft"])

@@ -35,12 +35,14 @@ from r1lab.eval.metrics import summarize
 from r1lab.eval.run import sample_and_grade_shared
 from r1lab.grpo.config import Config
 from r1lab.grpo.metrics import sample_rows, step_row
+from r1lab.grpo.preflight import distributed_problems
 from r1lab.grpo.step import reward_terms, rollout_step
 from r1lab.grpo.update import UpdateStats, build_batch, make_reference, optimize
 from r1lab.rewards import output_format
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
 from r1lab.text.templates import pick_shots
+from r1lab.train import dist
 from r1lab.train.loop import Schedule, run_loop
 from r1lab.train.optim import build_optimizer, lr_at, set_lr
 from r1lab.train.progress import ProgressDisplay
@@ -59,6 +61,9 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     fresh otherwise (what `r1lab zero` does, so re-running the demo continues or no-ops).
     """
     run_dir = run_dir_of(config)
+    problems = distributed_problems(config, dist.world_size(), dist.local_world_size())
+    if problems:  # before any model is loaded
+        raise UserError(problems[0])
     checkpoint = checkpoint_to_resume(run_dir, resume)
     set_seed(config.train.seed)
     state = load_state(checkpoint) if checkpoint else None

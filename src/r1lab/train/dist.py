@@ -19,7 +19,8 @@ The rules the stages follow, all through this module:
 
 The process group starts on first use, with gloo for CPU tensors and, when a GPU is visible,
 NCCL for CUDA tensors (one group, dispatched by the tensor's device); `R1LAB_DIST_TIMEOUT`
-(seconds, default 1800) bounds how long a rank waits for the others.
+(seconds, default 1800) bounds how long a rank waits for the others. Reading the rank needs
+no torch import, so the CLI asks it before loading anything.
 """
 
 from __future__ import annotations
@@ -29,28 +30,24 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from r1lab.core.errors import UserError
 from r1lab.core.models import pick_device
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
 
 def world_size() -> int:
-    """How many processes run this job (1 without torchrun)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
+    """How many processes run this job (1 without torchrun), from torchrun's environment."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
     """This process's index among them (0 without torchrun)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
 
@@ -66,6 +63,9 @@ def is_main() -> bool:
 
 def backend() -> str:
     """gloo for CPU tensors, plus NCCL for CUDA tensors when a GPU is visible."""
+    import torch
+    import torch.distributed as dist
+
     if torch.cuda.is_available() and dist.is_nccl_available():
         return "cpu:gloo,cuda:nccl"
     return "gloo"
@@ -73,6 +73,8 @@ def backend() -> str:
 
 def start() -> bool:
     """Join the process group torchrun set up (once); False in a world of one."""
+    import torch.distributed as dist
+
     if world_size() == 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
@@ -81,43 +83,70 @@ def start() -> bool:
     return True
 
 
+def stop() -> None:
+    """Leave the process group (at the end of a command under torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def device(name: str = "auto") -> torch.device:
     """This rank's device for a config's `device` (auto, cpu, cuda, cuda:N).
 
     One process, one device: under torchrun, rank r on a machine takes `cuda:LOCAL_RANK`, so a
     GPU named by index, or fewer GPUs than processes on a machine, is an error.
     """
+    import torch
+
     picked = pick_device(name)
-    if world_size() == 1 or picked.type != "cuda":
+    if world_size() == 1:
         return picked
-    check_devices(name)
-    picked = torch.device("cuda", local_rank())
-    torch.cuda.set_device(picked)
+    problems = device_problems(name, local_world_size())
+    if problems:
+        raise UserError(problems[0])
+    if picked.type == "cuda":
+        picked = torch.device("cuda", local_rank())
+        torch.cuda.set_device(picked)
     start()
     return picked
 
 
-def check_devices(name: str) -> None:
-    """The distributed settings `device` needs: one device per rank, a backend for it."""
-    procs = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+def local_world_size() -> int:
+    """How many of the processes run on this machine (torchrun's --nproc-per-node)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
+def device_problems(name: str, per_machine: int) -> list[str]:
+    """What keeps `per_machine` processes on this machine from each using its own `name`
+    device with a backend for it (empty: nothing)."""
+    import torch
+    import torch.distributed as dist
+
+    if per_machine <= 1:
+        return []
     if name.startswith("cuda:"):
-        raise UserError(
+        return [
             f"device {name!r}: under torchrun each rank takes cuda:LOCAL_RANK; set the device "
             "to auto or cuda (torchrun's --nproc-per-node sets how many GPUs are used)"
-        )
-    if pick_device(name).type == "cuda":
-        if torch.cuda.device_count() < procs:
-            raise UserError(
-                f"{procs} processes on this machine but {torch.cuda.device_count()} GPUs: one "
-                "device per rank (lower --nproc-per-node, or set the device to cpu)"
-            )
-        if not dist.is_nccl_available():
-            raise UserError("this torch build has no NCCL backend for CUDA tensors")
+        ]
+    if not (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
+        return []  # CPU ranks: gloo, any number of processes
+    if torch.cuda.device_count() < per_machine:
+        return [
+            f"{per_machine} processes on this machine but {torch.cuda.device_count()} GPUs: one "
+            "device per rank (lower --nproc-per-node, or set the device to cpu)"
+        ]
+    if not dist.is_nccl_available():
+        return ["this torch build has no NCCL backend for the GPUs: set the device to cpu (gloo)"]
+    return []
 
 
 def barrier() -> None:
     """Wait for every rank (e.g. until rank 0 has written what the others read next)."""
     if start():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -125,6 +154,8 @@ def gather(value: T) -> list[T]:
     """Every rank's `value` (any picklable object), in rank order, on every rank."""
     if not start():
         return [value]
+    import torch.distributed as dist
+
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, value)
     return out
@@ -134,6 +165,8 @@ def broadcast(value: T) -> T:
     """Rank 0's `value` on every rank."""
     if not start():
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -187,6 +220,9 @@ def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Each value summed over the ranks (float64), the same dict on every rank."""
     if not values or not start():
         return values
+    import torch
+    import torch.distributed as dist
+
     total = torch.tensor(list(values.values()), dtype=torch.float64)
     dist.all_reduce(total)
     return dict(zip(values, total.tolist(), strict=True))
@@ -196,6 +232,9 @@ def most(value: int) -> int:
     """The largest of every rank's `value`."""
     if not start():
         return value
+    import torch
+    import torch.distributed as dist
+
     box = torch.tensor([value], dtype=torch.long)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return int(box)
@@ -216,6 +255,9 @@ def gather_rows(local: torch.Tensor, count: int) -> torch.Tensor:
     """The rows each rank computed for its `share(count)`, stacked in order: [count, ...]."""
     if not start():
         return local
+    import torch
+    import torch.distributed as dist
+
     width = math.ceil(count / world_size())
     padded = local.new_zeros((width, *local.shape[1:]))
     padded[: len(local)] = local
