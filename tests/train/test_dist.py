@@ -25,6 +25,7 @@ from r1lab.core.checkpoint import latest_checkpoint, load_state
 from r1lab.core.errors import UserError
 from r1lab.core.models import load_model, load_tokenizer
 from r1lab.core.runfiles import read_jsonl
+from r1lab.train import dist
 
 HERE = Path(__file__).resolve().parent
 TIMING = ("step_seconds", "gen_tokens_per_s")
@@ -140,3 +141,30 @@ def test_resuming_on_another_number_of_ranks_is_an_error(two, tmp_path):
     shutil.copytree(two / "grpo", tmp_path / "grpo")
     with pytest.raises(UserError, match="written by 2 process.*torchrun --nproc-per-node 2"):
         grpo_run(tmp_path, "grpo", "train.steps=3", resume=True)
+
+
+# --------------------------------------------------------------------------- a world of one
+def test_without_torchrun_every_helper_is_what_one_process_does():
+    assert (dist.world_size(), dist.rank(), dist.is_main()) == (1, 0, True)
+    assert dist.gather({"a": 1}) == [{"a": 1}]
+    assert dist.on_main(lambda x: x + 1, 1) == 2
+    assert dist.lockstep([3, 4], 0) == [(3, True), (4, True)]
+    assert dist.sum_over_ranks({"loss": 1.5}) == {"loss": 1.5}
+    rows = torch.arange(6.0).view(3, 2)
+    assert torch.equal(dist.gather_rows(rows, 3), rows)
+    assert list(dist.share(7)) == list(range(7))
+
+
+def test_shares_cover_every_item_once_in_order():
+    for count in range(9):
+        for ranks in (1, 2, 3, 4):
+            parts = [list(dist.share(count, ranks, r)) for r in range(ranks)]
+            assert sum(parts, []) == list(range(count))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_bad_timeout_setting_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("R1LAB_DIST_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="R1LAB_DIST_TIMEOUT must be a number of seconds"):
+        dist.start()

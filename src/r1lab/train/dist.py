@@ -78,7 +78,12 @@ def start() -> bool:
     if world_size() == 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        seconds = float(os.environ.get("R1LAB_DIST_TIMEOUT", "1800"))
+        text = os.environ.get("R1LAB_DIST_TIMEOUT", "1800")
+        try:
+            seconds = float(text)
+        except ValueError:
+            message = f"R1LAB_DIST_TIMEOUT must be a number of seconds, got {text!r}"
+            raise UserError(message) from None
         dist.init_process_group(backend(), timeout=timedelta(seconds=seconds))
     return True
 
