@@ -60,3 +60,14 @@ def test_serve_bench_reports_both_phases_and_the_server_survives_bad_requests(tm
     checks = report["robustness"]
     assert (checks["malformed_status"], checks["oversized_status"]) == (400, 413)
     assert checks["still_answering"] and checks["in_flight_after_abandoned"] == 0
+
+
+def test_distributed_bench_reports_both_rows_with_their_ratios(tmp_path):
+    out = tmp_path / "distributed.json"
+    run("distributed.py", "--out", str(out))
+    report = json.loads(out.read_text())
+    ddp, lora = report["ddp"], report["lora"]
+    assert [s["ranks"] for s in ddp["sides"]] == [1, 2]
+    assert ddp["same_samples"]  # same global batch and seed: the same samples on both sides
+    assert ddp["throughput_ratio"] > 0 and lora["rss_ratio"] > 0 and lora["time_ratio"] > 0
+    assert all(s["peak_rss_mb"] > 0 and s["tokens_per_step"] > 0 for s in lora["sides"])

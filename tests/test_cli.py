@@ -148,3 +148,14 @@ def test_error_message_is_not_hard_wrapped(capsys, monkeypatch):
     assert cli.main(["tasks", "arith", "--option", "a_very_long_option_name_that_is_wrong=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "a_very_long_option_name_that_is_wrong" in err
+
+
+def test_preflight_checks_the_settings_of_a_torchrun_launch(capsys, tmp_path):
+    recipe = tmp_path / "ok.yaml"
+    recipe.write_text("model: {spec: 'tiny:llama'}\ngeneration: {max_new_tokens: 4}\n")
+    argv = ["preflight", str(recipe), "--prompts", "1", "--samples", "2"]
+    code, out, _ = run(capsys, *argv, "--nproc-per-node", "3")
+    assert code == 0
+    assert "distributed: grpo.batch_size (32) must be a multiple of the ranks" in out
+    code, out, _ = run(capsys, *argv, "--nproc-per-node", "2", "--nnodes", "2")
+    assert code == 0 and "distributed:" not in out

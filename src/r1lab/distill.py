@@ -151,6 +151,7 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
     # not import the trainers and their model libraries
     from r1lab.sample.run import sample
     from r1lab.sft.loop import sft
+    from r1lab.train import dist
 
     out = config.out
     check_out_dir(out)
@@ -162,8 +163,7 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
             f"{out} already holds a distillation: pass --resume to continue it, or choose "
             "another name with --set name=..."
         )
-    (out / REPORT).unlink(missing_ok=True)  # incomplete until the new report is written
-    write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    dist.on_main(_start, config)
     teacher_out = sample(config.teacher, resume="auto", progress=progress)  # reuses drawn rows
     teacher = json.loads((teacher_out / REPORT).read_text())
     if not teacher["rows"]:
@@ -179,5 +179,11 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
         "student": str(run_dir),
         "student_final": str(run_dir / "final"),
     }
-    write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
+    dist.on_main(write_atomic, out / REPORT, json.dumps(report, indent=2) + "\n")
     return out
+
+
+def _start(config: DistillConfig) -> None:
+    """Mark the distillation incomplete and record its config (rank 0 under torchrun)."""
+    (config.out / REPORT).unlink(missing_ok=True)  # incomplete until the new report is written
+    write_atomic(config.out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -365,7 +365,7 @@ def test_metrics_through_the_whole_path_with_a_scripted_engine(tmp_path, monkeyp
 
     task = make_task("arith")
 
-    def fake_engine(settings, todo, shots, runtime):
+    def fake_engine(settings, todo, shots, runtime, cache):
         return ScriptedEngine(task), object()
 
     monkeypatch.setattr(evaluate, "_engine", fake_engine)
@@ -400,7 +400,7 @@ def test_shots_come_from_train_in_the_training_style(tmp_path, monkeypatch, styl
     task = make_task("arith")
     seen = []
 
-    def fake_engine(settings, todo, shots, runtime):
+    def fake_engine(settings, todo, shots, runtime, cache):
         return ScriptedEngine(task), object()
 
     def fake_render(name, question, tokenizer, shots=()):

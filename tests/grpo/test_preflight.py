@@ -4,9 +4,10 @@ reported (constant rewards, a prefilled `<think>`, prompts over the limit, trunc
 from __future__ import annotations
 
 import pytest
+import torch
 
 from r1lab.grpo.config import build_config
-from r1lab.grpo.preflight import preflight
+from r1lab.grpo.preflight import distributed_problems, preflight
 
 
 def tiny_config(**sections):
@@ -86,3 +87,43 @@ def test_shots_are_not_asked_as_questions():
         assert question.count("What is") == 1
         first_question = sample["prompt"].split("User: ", 2)[1]
         assert first_question != question  # the worked example is a different problem
+
+
+def test_the_settings_of_a_torchrun_launch_are_checked(report):
+    assert not any(w.startswith("distributed:") for w in report.warnings)  # one process
+    checked = preflight(tiny_config(), prompts=1, samples=2, ranks=(3, 1))
+    warnings = [w for w in checked.warnings if w.startswith("distributed:")]
+    assert len(warnings) == 1  # 32 completions of groups of 8 do not split over 3 ranks
+    assert "grpo.batch_size (32) must be a multiple of the ranks x grpo.group_size (3 x 8)" in (
+        warnings[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "device, ranks, message",
+    [
+        ("cuda:1", (2, 1), "each rank takes cuda:LOCAL_RANK"),
+        ("cuda", (2, 1), "2 processes on this machine but"),
+    ],
+)
+def test_one_device_per_rank_is_checked(device, ranks, message):
+    if device == "cuda" and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    config = tiny_config(model={"spec": "tiny:llama", "device": device})
+    problems = distributed_problems(config, ranks[0] * ranks[1], ranks[0])
+    assert any(message in p for p in problems), problems
+
+
+def test_a_batch_that_splits_into_whole_groups_per_rank_has_no_problem():
+    assert distributed_problems(tiny_config(), 4, 2) == []  # 32 = 4 ranks x 8
+
+
+def test_training_refuses_a_batch_the_ranks_cannot_split(tmp_path, monkeypatch):
+    from r1lab.core.errors import UserError
+    from r1lab.grpo.loop import train
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    config = tiny_config(train={"out_dir": str(tmp_path)})
+    with pytest.raises(UserError, match="multiple of the ranks x grpo.group_size"):
+        train(config, progress=False)  # before any model loads or process group starts

@@ -1,6 +1,8 @@
 """`r1lab <command>`: parse the arguments, run one function, turn user errors into one line.
 
-`parser` holds the argument tables, `commands` what each command does.
+`parser` holds the argument tables, `commands` what each command does. Under torchrun
+(`torchrun --nproc-per-node N -m r1lab train RECIPE`) every rank runs the command; only rank 0
+shows progress and results, and the process group is left at the end.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
+from r1lab.cli import commands
 from r1lab.cli.parser import build_parser
 from r1lab.core.errors import UserError
+from r1lab.train import dist
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if not dist.is_main():  # under torchrun: one rank speaks for all
+        commands.console.quiet = True
+        if hasattr(args, "quiet"):
+            args.quiet = True
     try:
         args.fn(args)
     except UserError as err:
@@ -32,4 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "[yellow]interrupted[/yellow]; resume with --resume (a pipeline: run it again)"
         )
         return 130
+    finally:
+        dist.stop()
     return 0

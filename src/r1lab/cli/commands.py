@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from r1lab.core.errors import UserError
+from r1lab.train import dist
 from r1lab.train.progress import eval_table
 
 console = Console()
@@ -69,7 +70,8 @@ def cmd_preflight(args: argparse.Namespace) -> None:
     config = _config(args)
     from r1lab.grpo.preflight import preflight
 
-    report = preflight(config, prompts=args.prompts, samples=args.samples)
+    ranks = (args.nproc_per_node, args.nnodes) if args.nproc_per_node else None
+    report = preflight(config, prompts=args.prompts, samples=args.samples, ranks=ranks)
     for sample in report.samples:
         console.rule(f"[bold]{sample['id']}  answer={sample['answer']}")
         console.print(sample["completion"], markup=False)
@@ -144,7 +146,7 @@ def cmd_zero(args: argparse.Namespace) -> None:
     config = load_config(args.config or ZERO_RECIPE, args.set or [])
     run_dir = train(config, resume="auto", progress=not args.quiet)
     console.print(eval_table(run_dir, ("eval/pass@1", "eval/format", "eval/length")))
-    for path in plot_run(run_dir):
+    for path in dist.on_main(plot_run, run_dir):  # under torchrun: rank 0 draws
         console.print(f"wrote {path}")
 
 

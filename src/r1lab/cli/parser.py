@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--prompts", type=_at_least_one, default=2)
     p.add_argument("--samples", type=_at_least_one, default=4)
+    p.add_argument(
+        "--nproc-per-node",
+        type=_at_least_one,
+        help="check the distributed settings for a torchrun launch with this many processes "
+        "per machine (default: this launch's)",
+    )
+    p.add_argument("--nnodes", type=_at_least_one, default=1, help="machines of that launch")
 
     def resumable(p: argparse.ArgumentParser, resume_help: str) -> None:
         """A recipe-running command: config, --set, --resume, --quiet."""

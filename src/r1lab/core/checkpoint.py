@@ -1,7 +1,8 @@
 """Atomic, durable checkpoints: a Hugging Face model directory plus the trainer state.
 
-Layout of `checkpoints/step-000040/`: the model (`config.json`, `model.safetensors`), the
-tokenizer, and `trainer_state.pt` (optimizer, RNG, data position, counters). Everything is
+Layout of `checkpoints/step-000040/`: the model (`config.json`, `model.safetensors`; a LoRA
+run saves its adapter instead, `core/lora.py`), the tokenizer, and `trainer_state.pt`
+(optimizer, RNG, data position, counters). Everything is
 written to a temporary sibling directory, flushed to disk (`fsync`), then renamed into place
 and the rename flushed too: a crash mid-save leaves the previous checkpoint intact, and a
 power loss cannot leave a renamed but empty file that `--resume` would pick up.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from r1lab.core.errors import UserError
+from r1lab.core.lora import ADAPTER_CONFIG, ADAPTER_DIR, is_peft, merged
 from r1lab.core.runfiles import check_out_dir, fsync_dir, fsync_tree, umask
 
 STATE_FILE = "trainer_state.pt"
@@ -32,15 +34,22 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_model_dir(
-    model: Any, tokenizer: Any, out: Path, extra: dict[str, Any] | None = None
+    model: Any,
+    tokenizer: Any,
+    out: Path,
+    extra: dict[str, Any] | None = None,
+    adapter: Any = None,
 ) -> Path:
-    """Write a loadable HF directory at `out` atomically; `extra` goes into trainer_state.pt."""
+    """Write a loadable HF directory at `out` atomically; `extra` goes into trainer_state.pt,
+    and a LoRA model `adapter` (whose merge `model` is) into `out/adapter/`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700)
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save(model, tmp)
         tokenizer.save_pretrained(tmp)
+        if adapter is not None:
+            _save(adapter, tmp / ADAPTER_DIR)
         if extra is not None:
             torch.save(extra, tmp / STATE_FILE)
         fsync_tree(tmp)
@@ -59,6 +68,21 @@ def save_model_dir(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _save(model: Any, out: Path) -> None:
+    if is_peft(model):  # the adapter alone (the embeddings are never trained: don't check)
+        model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+
+
+def save_final(model: Any, tokenizer: Any, out: Path) -> Path:
+    """A run's `final/`: always a plain model directory. A LoRA model is saved merged (in
+    fp32, `core.lora.merged`), with the adapter it came from in `final/adapter/`."""
+    if is_peft(model):
+        return save_model_dir(merged(model), tokenizer, out, adapter=model)
+    return save_model_dir(model, tokenizer, out)
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,8 +119,12 @@ def list_checkpoints(run_dir: Path, resumable: bool = True) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
         return []
-    marker = STATE_FILE if resumable else "config.json"
-    found = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / marker).exists()]
+    markers = (STATE_FILE,) if resumable else ("config.json", ADAPTER_CONFIG)
+    found = [
+        p
+        for p in root.glob("step-*")
+        if p.name[5:].isdigit() and any((p / marker).exists() for marker in markers)
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 

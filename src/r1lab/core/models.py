@@ -25,6 +25,7 @@ from r1lab.core.config import choice
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.gguf import BUILTINS, builtin_dir, cache_dir, gguf_dir
 from r1lab.core.hub import hub_unreachable
+from r1lab.core.lora import LoraConfig, adapter_base, is_adapter_dir, load_merged
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 ENDPOINT_SCHEME = "openai:"
@@ -46,6 +47,7 @@ TINY_DIMS = dict(
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
+PARALLEL = ("ddp", "fsdp")  # how a trainer spreads its model over torchrun's processes
 
 
 @dataclass
@@ -56,11 +58,28 @@ class ModelConfig:
     dtype: str = "float32"  # weights (bf16: fp32 master copies and moments in the optimizer)
     compute_dtype: str = "float32"  # "bfloat16": autocast the training forward/backward passes
     device: str = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1"
+    # under torchrun: `ddp` keeps a whole replica per rank and all-reduces gradients; `fsdp`
+    # shards weights, gradients and optimizer state over the ranks (FSDP2, fp32 weights)
+    parallel: str = "ddp"
+    lora: LoraConfig | None = None  # train a LoRA adapter instead of every weight (core/lora.py)
 
     def validate(self) -> None:
         choice("model.dtype", self.dtype, DTYPES)
         choice("model.compute_dtype", self.compute_dtype, DTYPES)
         check_device("model.device", self.device)
+        choice("model.parallel", self.parallel, PARALLEL)
+        if self.parallel == "fsdp" and self.dtype != "float32":
+            raise UserError(
+                "model.parallel: fsdp shards fp32 weights; set model.dtype float32 (use "
+                "model.compute_dtype bfloat16 for bf16 matmuls)"
+            )
+        if self.lora is not None:
+            self.lora.validate()
+            if self.parallel == "fsdp":
+                raise UserError(
+                    "model.lora trains with model.parallel: ddp (its gradients are small); "
+                    "FSDP2 with LoRA is not supported"
+                )
 
 
 def check_device(key: str, device: str) -> None:
@@ -155,8 +174,11 @@ def resolve_dir(spec: str) -> str:
         raise unknown_name("model spec scheme", scheme + ":", schemes)
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
+        if not (path / "config.json").exists() and not is_adapter_dir(path):
+            raise UserError(
+                f"{spec} is not a Hugging Face model directory (no config.json) nor a LoRA "
+                "adapter (no adapter_config.json)"
+            )
         return str(path)
     if _looks_like_path(spec):
         raise UserError(
@@ -263,13 +285,20 @@ def cast_parameters(model: Any, dtype: Any) -> Any:
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, Any]:
-    """Load (model, tokenizer) for any spec; the model is in eval mode on the CPU."""
+    """Load (model, tokenizer) for any spec; the model is in eval mode on the CPU.
+
+    A LoRA adapter directory (a LoRA run's checkpoint) loads as its base model with the
+    adapter merged in fp32, then cast to `dtype`: a plain model like any other.
+    """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = _torch_dtype(dtype)
     tokenizer = load_tokenizer(spec)  # converts a built-in/GGUF model first, with its progress
     quiet_progress_bars()
-    if spec.startswith("tiny:"):
+    if _is_local_adapter(spec):
+        base, _ = load_model(adapter_base(spec), "float32")
+        model = cast_parameters(load_merged(base, spec), torch_dtype)
+    elif spec.startswith("tiny:"):
         model = cast_parameters(tiny_model(spec.split(":", 1)[1], len(tokenizer)), torch_dtype)
     else:
         source = resolve_dir(spec)
@@ -281,6 +310,11 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32") -> tuple[Any, 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def _is_local_adapter(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return path.is_dir() and is_adapter_dir(path) and not (path / "config.json").exists()
 
 
 def load_reward_model(spec: str, dtype: str = "float32") -> tuple[Any, Any]:

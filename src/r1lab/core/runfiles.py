@@ -35,14 +35,21 @@ class JsonlWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.muted = False
+
+    def mute(self) -> None:
+        """Write nothing from now on: under torchrun, every rank but rank 0."""
+        self.muted = True
 
     def write(self, row: dict[str, Any]) -> None:
+        if self.muted:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
 
     def clear(self) -> None:
         """Start the file over (a run that starts fresh where an abandoned one left rows)."""
-        if self.path.exists():
+        if self.path.exists() and not self.muted:
             self.path.write_text("")
 
     def truncate_after(self, step: int) -> None:
@@ -52,7 +59,7 @@ class JsonlWriter:
         belongs to a step after the checkpoint. The file is replaced atomically, so a crash
         here cannot lose the rows being kept.
         """
-        if not self.path.exists():
+        if not self.path.exists() or self.muted:
             return
         rows = read_jsonl(self.path, partial_tail=True)
         kept = [r for r in rows if r.get("step", 0) <= step]

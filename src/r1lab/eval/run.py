@@ -9,6 +9,10 @@ seen during training and one reported by evaluation always mean the same thing. 
   from it, so a resumed evaluation reports exactly what an uninterrupted one would;
 - `settings.json` pins what a sample *is* (model, task, template, sampling); resuming with
   other settings is refused instead of silently mixing two evaluations.
+
+Under torchrun the problems are split over the ranks (`train.dist`): since each problem's
+samples depend only on its own seed, rank 0 gathers and writes exactly the rows, in exactly
+the order, that one process writes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from r1lab.rollout import ENGINES, RolloutEngine, SamplingParams
 from r1lab.tasks import Task, make_task
 from r1lab.text.formats import THINK, OutputFormat
 from r1lab.text.templates import check_template, pick_shots, render
+from r1lab.train import dist
 
 
 def sample_and_grade(
@@ -77,6 +82,29 @@ def sample_and_grade(
     return records
 
 
+def sample_and_grade_shared(
+    engine: RolloutEngine,
+    task: Task,
+    examples: Sequence[Example],
+    tokenizer: Any,
+    template: str,
+    params: SamplingParams,
+    seed: int,
+    shots: Sequence[Example] = (),
+    fmt: OutputFormat = THINK,
+) -> list[Row]:
+    """`sample_and_grade` with each problem drawn under its own seed from (seed, problem id),
+    the problems split over the ranks: the same records, in order, on every rank."""
+    mine = dist.share(len(examples))
+    part = list(examples[mine.start : mine.stop])
+    records: list[Row] = []
+    if part:
+        seeds = tuple(problem_seed(seed, example.id) for example in part)
+        seeded = replace(params, seeds=seeds)
+        records = sample_and_grade(engine, task, part, tokenizer, template, seeded, shots, fmt)
+    return [row for rows in dist.gather(records) for row in rows]
+
+
 def run_eval(
     settings: EvalSettings,
     out_dir: str | Path | None = None,
@@ -103,8 +131,8 @@ def run_eval(
         raise unknown_name("rollout engine", settings.engine, ENGINES)
     notes = list(notes)
     problems = checkable_problems(task, settings, limit, notes)
-    check_settings(out, settings)
-    finished = load_finished(out, settings.k)
+    dist.on_main(check_settings, out, settings)
+    finished = dist.on_main(load_finished, out, settings.k)
     todo = [p for p in problems if p.id not in finished]
     if len(todo) < len(problems):
         notes.append(f"resumed: {len(problems) - len(todo)} problems reused from {RESULTS}")
@@ -114,9 +142,9 @@ def run_eval(
             notes.append(f"only {len(train)} train examples available for {settings.shots} shots")
         shots = pick_shots(task, train, settings.shots, settings.shot_style)
         sample_problems(settings, task, todo, shots, out / RESULTS, runtime)
-        finished = load_finished(out, settings.k)
+        finished = dist.on_main(load_finished, out, settings.k)
     summary = build_summary(settings, [finished[p.id] for p in problems], notes, limit, out)
-    write_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    dist.on_main(write_atomic, out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -150,8 +178,9 @@ def sample_problems(
     """Draw and grade k samples per problem, each problem under its own seed; append rows.
 
     `runtime.batch_size` problems share one engine call (and one write to `path`, the resume
-    granularity); each draws from its own generator seeded by (seed, problem id), so the
-    samples do not depend on the batch size, `--limit` or a resume. Shared by evaluation and
+    granularity; under torchrun, each rank's batch of a round of world x batch_size problems);
+    each draws from its own generator seeded by (seed, problem id), so the samples do not
+    depend on the batch size, `--limit`, a resume or the ranks. Shared by evaluation and
     rejection sampling (`r1lab.sample`, `label="sample"`), so a sample means the same in
     both: same seed per (seed, problem id), same grader, same rows.
     """
@@ -167,17 +196,26 @@ def sample_problems(
         stop=settings.stop,
     )
     columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    bar = Progress(*columns, console=Console(stderr=True), disable=not runtime.progress)
+    shown = runtime.progress and dist.is_main()
+    bar = Progress(*columns, console=Console(stderr=True), disable=not shown)
+    round_size = runtime.batch_size * dist.world_size()
     with bar:
         job = bar.add_task(label, total=len(todo))
-        for start in range(0, len(todo), runtime.batch_size):
-            batch = todo[start : start + runtime.batch_size]
-            seeds = tuple(problem_seed(settings.seed, example.id) for example in batch)
-            seeded = replace(params, seeds=seeds)
-            rows = sample_and_grade(
-                engine, task, batch, tokenizer, settings.template, seeded, shots, settings.format
+        for start in range(0, len(todo), round_size):
+            batch = todo[start : start + round_size]
+            rows = sample_and_grade_shared(
+                engine,
+                task,
+                batch,
+                tokenizer,
+                settings.template,
+                params,
+                settings.seed,
+                shots,
+                settings.format,
             )
-            append_rows(path, rows)
+            if dist.is_main():
+                append_rows(path, rows)
             bar.advance(job, len(batch))
 
 
@@ -192,7 +230,7 @@ def _engine(
     cut: the engine keeps the last `max_prompt_tokens` of a prompt, and sizing it to the longest
     prompt evaluated means a long few-shot prompt is never silently truncated. A model behind
     an endpoint gets the endpoint engine, its answers cached in `cache` for a resume."""
-    from r1lab.core.models import endpoint_parts, load_model, load_tokenizer, pick_device
+    from r1lab.core.models import endpoint_parts, load_model, load_tokenizer
     from r1lab.rollout import make_engine
 
     if endpoint_parts(settings.model):
@@ -200,8 +238,9 @@ def _engine(
 
         engine = EndpointEngine(settings.model, cache, settings.format, runtime.concurrency)
         return engine, load_tokenizer(settings.model)
-    model, tokenizer = load_model(settings.model, runtime.dtype)
-    model.to(pick_device(runtime.device))
+    with dist.main_first():  # the first load of a built-in model converts it once
+        model, tokenizer = load_model(settings.model, runtime.dtype)
+    model.to(dist.device(runtime.device))
     prompts = [render(settings.template, ex.prompt, tokenizer, shots) for ex in todo]
     longest = max(
         len(tokenizer(p.text, add_special_tokens=p.add_special_tokens).input_ids) for p in prompts

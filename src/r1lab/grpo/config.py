@@ -196,6 +196,23 @@ class Config:
         validate_sections(self)
         if not self.rewards:
             raise UserError("rewards: at least one reward is needed")
+        if self.model.lora is not None:
+            check_lora_reference(self.grpo)
+
+
+def check_lora_reference(g: GRPOConfig) -> None:
+    """With LoRA the reference is the policy's own base weights (the adapter switched off):
+    there is no copy to page out, and resetting it would overwrite the policy's base."""
+    for key, on in (
+        ("offload_reference", g.offload_reference),
+        ("ref_reset_every", g.ref_reset_every > 0),
+    ):
+        if on:
+            raise UserError(
+                f"grpo.{key} needs a reference copy; with model.lora the reference is the "
+                f"base model with the adapter switched off (no copy): remove grpo.{key} or "
+                "model.lora"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,11 @@ Each step (`GRPOJob.step`) reads top to bottom: set the learning rate, sample an
 (`grpo.step`), build the batch with its old/ref log-probs and run the update
 (`grpo.update`), hand the new weights to the rollout engine, reset the reference every
 `ref_reset_every` steps (R1), and write the metrics and sample rows.
+
+Under torchrun (`train.dist`) every rank runs the same job: the same prompts are drawn, each
+rank samples its share and all gather the whole rollout, each rank trains its share of the
+batch through `train.replica.Replica` (DDP or FSDP2), and the shared run loop lets rank 0
+alone write; the metrics row is then the one a single process would have written.
 """
 
 from __future__ import annotations
@@ -22,23 +27,27 @@ import torch
 
 from r1lab.core.checkpoint import checkpoint_to_resume, load_state
 from r1lab.core.errors import UserError
+from r1lab.core.lora import base_view
 from r1lab.core.memory import DiskBackedWeights, between_phases, configure_allocator, supported
-from r1lab.core.models import compute_context, load_model, pick_device
+from r1lab.core.models import compute_context, load_model
 from r1lab.core.runfiles import JsonlWriter
 from r1lab.eval.metrics import summarize
-from r1lab.eval.run import sample_and_grade
+from r1lab.eval.run import sample_and_grade_shared
 from r1lab.grpo.config import Config
 from r1lab.grpo.metrics import sample_rows, step_row
+from r1lab.grpo.preflight import distributed_problems
 from r1lab.grpo.step import reward_terms, rollout_step
 from r1lab.grpo.update import UpdateStats, build_batch, make_reference, optimize
 from r1lab.rewards import output_format
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.tasks import make_task
 from r1lab.text.templates import pick_shots
+from r1lab.train import dist
 from r1lab.train.loop import Schedule, run_loop
 from r1lab.train.optim import build_optimizer, lr_at, set_lr
 from r1lab.train.progress import ProgressDisplay
-from r1lab.train.stream import PromptStream, set_seed
+from r1lab.train.replica import Replica, load_trainable
+from r1lab.train.stream import PromptStream, derive_seed, set_seed
 
 
 def run_dir_of(config: Config) -> Path:
@@ -52,6 +61,9 @@ def train(config: Config, resume: bool | str = False, progress: bool = True) -> 
     fresh otherwise (what `r1lab zero` does, so re-running the demo continues or no-ops).
     """
     run_dir = run_dir_of(config)
+    problems = distributed_problems(config, dist.world_size(), dist.local_world_size())
+    if problems:  # before any model is loaded
+        raise UserError(problems[0])
     checkpoint = checkpoint_to_resume(run_dir, resume)
     set_seed(config.train.seed)
     state = load_state(checkpoint) if checkpoint else None
@@ -101,18 +113,17 @@ class GRPOJob:
         self.test_examples = checkable[: config.eval.size]
         template = config.template
         self.shots = pick_shots(self.task, train_examples, template.shots, template.shot_style)
-        spec = str(checkpoint or config.model.spec)
-        self.model, self.tokenizer = load_model(spec, config.model.dtype)
-        self.model.to(pick_device(config.model.device))
-        self.ref, self.offloaded = self._reference(run_dir, state)
+        model, adapter, self.tokenizer = load_trainable(config.model, checkpoint)
+        self.ref, self.offloaded = self._reference(model, run_dir, state)
         self.ref_reset = state is not None and "ref" in state
         configure_allocator(release=config.grpo.release_memory)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.replica = Replica(model, config.model.parallel, adapter)
+        self.optimizer = build_optimizer(self.replica.model, config.optim)
         self.stream = PromptStream(train_examples, config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.engine = make_engine(
             config.generation.engine,
-            self.model,
+            self.replica.weights,
             self.tokenizer,
             max_prompt_tokens=config.generation.max_prompt_tokens,
             compute_dtype=config.model.compute_dtype,
@@ -123,21 +134,29 @@ class GRPOJob:
         self.files = [self.samples]
         self.temperature = max(config.generation.temperature, 1e-6)
 
-    def _reference(self, run_dir: Path, state: dict | None) -> tuple[Any, Any]:
+    @property
+    def model(self) -> Any:
+        """What checkpoints and final/ save (the LoRA adapter, or the policy)."""
+        return self.replica.saved
+
+    def _reference(self, model: Any, run_dir: Path, state: dict | None) -> tuple[Any, Any]:
         """pi_ref (None when beta is 0): the initial policy, or the policy at the last reset
-        (saved with the state); offloaded to a file mapping when the config asks for it."""
+        (saved with the state); offloaded to a file mapping when the config asks for it.
+        With LoRA, the policy's own base weights with the adapter bypassed (no copy)."""
         config = self.config
         if config.grpo.beta <= 0:
             return None, None
-        initial = self.model
+        if config.model.lora is not None:
+            return base_view(model).eval(), None
+        initial = model
         if state is not None:
             initial = load_model(config.model.spec, config.model.dtype)[0]
-        ref = make_reference(initial.to(self.model.device), config.model.compute_dtype)
+        ref = make_reference(initial.to(model.device), config.model.compute_dtype)
         if state is not None and "ref" in state:
             ref.load_state_dict(state["ref"])
         if not config.grpo.offload_reference:
             return ref, None
-        if not supported() or self.model.device.type != "cpu":
+        if not supported() or model.device.type != "cpu":
             raise UserError(
                 "grpo.offload_reference maps the reference's weights to a file in CPU "
                 "memory: it needs Linux and a CPU run; set it false"
@@ -148,17 +167,18 @@ class GRPOJob:
         config = self.config
         lr = lr_at(step, config.train.steps, config.optim)
         set_lr(self.optimizer, lr)
+        seed = derive_seed("grpo", config.train.seed, step)
         rollout = rollout_step(
-            config, self.engine, self.task, self.stream.take, self.tokenizer, self.shots
+            config, self.engine, self.task, self.stream.take, self.tokenizer, self.shots, seed
         )
         between_phases()  # the generation's caches
         update = self._update(rollout.groups, rollout.rewards)
         began = time.perf_counter()
-        self.engine.sync_weights(self.model)
+        self.engine.sync_weights(self.replica.weights)
         update.seconds["sync"] = time.perf_counter() - began
         every = config.grpo.ref_reset_every
         if self.ref is not None and every and step % every == 0:
-            self.ref.load_state_dict(self.model.state_dict())
+            self.ref.load_state_dict(self.replica.weights.state_dict())
             self.ref_reset = True
             if self.offloaded is not None:
                 self.offloaded.release()
@@ -172,10 +192,10 @@ class GRPOJob:
         if not groups:
             return UpdateStats()
         config = self.config
-        with compute_context(config.model.compute_dtype, self.model.device):
+        with compute_context(config.model.compute_dtype, self.replica.weights.device):
             began = time.perf_counter()
             batch = build_batch(
-                self.model,
+                self.replica,
                 self.ref,
                 groups,
                 rewards,
@@ -188,7 +208,7 @@ class GRPOJob:
                 self.offloaded.release()
             between_phases()
             update = optimize(
-                self.model,
+                self.replica,
                 self.optimizer,
                 batch,
                 config.grpo,
@@ -201,8 +221,8 @@ class GRPOJob:
         return update
 
     def evaluate(self, step: int) -> dict[str, Any]:
-        """Held-out pass@1 over k samples, under a fixed seed that leaves the training RNG
-        alone."""
+        """Held-out pass@1 over k samples, each problem under its own seed (from the run's
+        seed and its id, as `r1lab eval` draws them), split over the ranks."""
         if not self.test_examples:
             return {}
         config, ev = self.config, self.config.eval
@@ -213,23 +233,22 @@ class GRPOJob:
             top_p=ev.top_p,
             stop=tuple(config.generation.stop),
         )
-        with torch.random.fork_rng():
-            torch.manual_seed(config.train.seed + 1)
-            records = sample_and_grade(
-                self.engine,
-                self.task,
-                self.test_examples,
-                self.tokenizer,
-                config.template.name,
-                params,
-                self.shots,
-                output_format(self.terms),
-            )
+        records = sample_and_grade_shared(
+            self.engine,
+            self.task,
+            self.test_examples,
+            self.tokenizer,
+            config.template.name,
+            params,
+            config.train.seed + 1,
+            self.shots,
+            output_format(self.terms),
+        )
         return {f"eval/{k}": v for k, v in summarize(records).items()}
 
     def state(self) -> dict[str, Any]:
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            **self.replica.optimizer_state(self.optimizer),
             "stream": self.stream.state(),
             "generator": self.generator.get_state(),
         }
@@ -238,6 +257,6 @@ class GRPOJob:
         return state
 
     def load(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.replica.load_optimizer_state(self.optimizer, state, "the checkpoint")
         self.stream.load(state["stream"])
         self.generator.set_state(state["generator"])

@@ -3,7 +3,8 @@
 Renders prompts, samples a few completions, scores each with every reward term, and warns
 about the traps users of GRPO trainers hit most: a template that prefills `<think>`, a reward
 that is constant across samples (no learning signal at all), gold answers that do not parse,
-and prompts longer than the limit.
+and prompts longer than the limit; and, for a torchrun launch, the distributed settings
+(`distributed_problems`: whole groups per rank, one device per rank, a backend for it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from r1lab.grpo.step import render_all, reward_terms, sampling_params, score_gro
 from r1lab.rollout import Generation, make_engine
 from r1lab.tasks import make_task
 from r1lab.text.templates import Prompt, pick_shots
+from r1lab.train import dist
 
 
 @dataclass
@@ -31,9 +33,31 @@ class PreflightReport:
     prompt_tokens: list[int] = field(default_factory=list)
 
 
-def preflight(config: Config, prompts: int = 2, samples: int = 4) -> PreflightReport:
-    """Sample `samples` completions for each of `prompts` training prompts and check them."""
+def distributed_problems(config: Config, ranks: int, per_machine: int) -> list[str]:
+    """What would stop a launch of `ranks` processes (`per_machine` on each machine) from
+    training `config`: each rank samples whole groups of an equal share of the prompts."""
+    g = config.grpo
+    problems = []
+    if ranks > 1 and g.batch_size % (ranks * g.group_size):
+        problems.append(
+            f"grpo.batch_size ({g.batch_size}) must be a multiple of the ranks x grpo.group_size "
+            f"({ranks} x {g.group_size}): each rank samples whole groups of an equal share of "
+            "the step's prompts"
+        )
+    return problems + dist.device_problems(config.model.device, per_machine)
+
+
+def preflight(
+    config: Config, prompts: int = 2, samples: int = 4, ranks: tuple[int, int] | None = None
+) -> PreflightReport:
+    """Sample `samples` completions for each of `prompts` training prompts and check them;
+    `ranks` (processes per machine, machines) checks the settings of a torchrun launch
+    (default: this launch's)."""
     report = PreflightReport()
+    per_machine, machines = ranks or (dist.local_world_size(), 1)
+    total = dist.world_size() if ranks is None else per_machine * machines
+    problems = distributed_problems(config, total, per_machine)
+    report.warnings += [f"distributed: {problem}" for problem in problems]
     try:
         task = make_task(config.task.name, config.task.options)
         examples = task.examples("train", limit=max(prompts, config.template.shots + prompts))

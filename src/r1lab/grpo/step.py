@@ -4,13 +4,19 @@ The step hands a `StepRollout` to the update (`grpo.update`) and to the metrics 
 (`grpo.metrics`): the kept groups with their rewards, every reward term's values, and what the
 sampling cost. With dynamic sampling (DAPO), groups whose rewards are all equal carry no
 gradient and are replaced by fresh draws, up to `grpo.max_resample` times.
+
+Each prompt's G samples come from its own generator, seeded by (the step's seed, the draw,
+the prompt's place in it), so they depend neither on which prompts share an engine call nor
+on which rank draws them. Under torchrun every rank draws the same prompts, samples and scores
+its contiguous share and gathers the others' (`train.dist`): every rank then holds the step's
+whole rollout, the one a single process would have sampled.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from r1lab.core.types import Example
@@ -19,6 +25,8 @@ from r1lab.rewards import RewardInputs, RewardTerm, compute_rewards
 from r1lab.rollout.base import Generation, RolloutEngine, SamplingParams
 from r1lab.tasks import Task
 from r1lab.text.templates import Prompt, render
+from r1lab.train import dist
+from r1lab.train.stream import derive_seed
 
 
 @dataclass
@@ -102,6 +110,37 @@ def score_groups(
     return compute_rewards(reward_terms(config), inputs)
 
 
+def sample_shared(
+    config: Config,
+    engine: RolloutEngine,
+    task: Task,
+    examples: Sequence[Example],
+    prompts: Sequence[Prompt],
+    seeds: Sequence[int],
+) -> tuple[list[list[Generation]], list[float], dict[str, list[float | None]], float]:
+    """Groups, rewards and term values of every prompt, and the slowest rank's seconds of
+    sampling: each rank samples and scores its share, then all are gathered in order."""
+    mine = dist.share(len(examples))
+    part = slice(mine.start, mine.stop)
+    local: tuple[list[list[Generation]], list[float], dict[str, list[float | None]], float]
+    local = ([], [], {}, 0.0)
+    if mine:
+        params = replace(sampling_params(config), seeds=tuple(seeds[part]))
+        start = time.perf_counter()
+        groups = engine.generate(prompts[part], params)
+        seconds = time.perf_counter() - start
+        rewards, terms = score_groups(config, task, examples[part], prompts[part], groups)
+        local = (groups, rewards, terms, seconds)
+    groups, rewards, terms, seconds = [], [], {}, 0.0
+    for g, r, t, s in dist.gather(local):
+        groups += g
+        rewards += r
+        for name, values in t.items():
+            terms.setdefault(name, []).extend(values)
+        seconds = max(seconds, s)
+    return groups, rewards, terms, seconds
+
+
 def rollout_step(
     config: Config,
     engine: RolloutEngine,
@@ -109,26 +148,28 @@ def rollout_step(
     draw: Callable[[int], list[Example]],
     tokenizer: Any,
     shots: Sequence[Example],
+    seed: int = 0,
 ) -> StepRollout:
     """Sample, score and (with dynamic sampling) refill until P groups carry a signal.
 
     The first draw defines `zero_std_frac`; the sampling statistics cover everything drawn.
+    `seed` is the step's: each prompt is sampled from its own generator seeded by it.
     """
     g = config.grpo
-    params = sampling_params(config)
     out, size = StepRollout(), g.group_size
     first = True
-    for _ in range(1 + (g.max_resample if g.dynamic_sampling else 0)):
+    for attempt in range(1 + (g.max_resample if g.dynamic_sampling else 0)):
         need = g.prompts_per_step - len(out.groups)
         if need <= 0:
             break
         examples = draw(g.prompts_per_step if first else need)
         prompts = render_all(config.template.name, examples, tokenizer, shots)
-        start = time.perf_counter()
-        groups = engine.generate(prompts, params)
-        out.gen_seconds += time.perf_counter() - start
+        seeds = [derive_seed(seed, attempt, i) for i in range(len(examples))]
+        groups, rewards, terms, seconds = sample_shared(
+            config, engine, task, examples, prompts, seeds
+        )
+        out.gen_seconds += seconds
         out.sampled_tokens += sum(len(x.completion_ids) for grp in groups for x in grp)
-        rewards, terms = score_groups(config, task, examples, prompts, groups)
         spread = [
             max(rewards[i * size : (i + 1) * size]) > min(rewards[i * size : (i + 1) * size])
             for i in range(len(groups))

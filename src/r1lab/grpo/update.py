@@ -5,7 +5,10 @@ optimizer steps by gradient accumulation.
     stats = optimize(model, optimizer, batch, grpo, ...)   # mu x minibatches optimizer steps
 
 Every micro-batch divides by its *minibatch's* loss normaliser (`algos.loss_normalizer`), so
-the accumulated gradient never depends on `micro_batch_size`. The policy loss, the KL
+the accumulated gradient never depends on `micro_batch_size`, nor on how many ranks share the
+minibatch: under torchrun every rank holds the whole batch, runs its contiguous share of each
+minibatch through the `train.replica.Replica` (whose passes sync gradients) and divides by the
+whole minibatch's normaliser, so the gradient is the single process's. The policy loss, the KL
 estimator, the advantage scale and the aggregation are looked up by name in the registries of
 `grpo.algos`: the update never branches on a variant.
 """
@@ -13,6 +16,7 @@ estimator, the advantage scale and the aggregation are looked up by name in the 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ from r1lab.grpo.config import GRPOConfig
 from r1lab.rollout.base import Generation
 from r1lab.rollout.hf import left_pad
 from r1lab.train.logprobs import prefix_logprobs
+from r1lab.train.replica import Replica
 
 
 @dataclass
@@ -112,13 +117,19 @@ def rows_logprobs(
 
 
 @torch.no_grad()
-def batch_logprobs(model: Any, batch: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
-    """Log-probs of every completion token under `model`, in micro-batches: [B, Tc]."""
+def batch_logprobs(
+    model: Any, batch: RolloutBatch, micro: int, temperature: float, replica: Any = None
+) -> torch.Tensor:
+    """Log-probs of every completion token under `model`, in micro-batches: [B, Tc]; with a
+    distributed `replica`, each rank computes its share of the rows and all get them all."""
+    replica = replica if replica is not None else Replica(model)
+    rows = replica.share(batch.size)
     parts = [
-        rows_logprobs(model, batch, torch.arange(s, min(s + micro, batch.size)), temperature)[0]
-        for s in range(0, batch.size, micro)
+        rows_logprobs(model, batch, torch.arange(s, min(s + micro, rows.stop)), temperature)[0]
+        for s in range(rows.start, rows.stop, micro)
     ]
-    return torch.cat(parts)
+    local = torch.cat(parts) if parts else batch.completion_mask[:0]  # [0, Tc]: no rows here
+    return replica.gather_rows(local, batch.size)
 
 
 def minibatch_loss(
@@ -129,46 +140,53 @@ def minibatch_loss(
     temperature: float,
     max_len: int,
 ) -> dict[str, float]:
-    """Forward/backward one minibatch by micro-batches; gradients accumulate in `model`.
+    """Forward/backward one minibatch by micro-batches; gradients accumulate in the model.
 
     Every micro-batch divides by the *minibatch's* normaliser, so the summed gradient is the
-    same however the minibatch is split (the loss scale never depends on micro_batch_size).
+    same however the minibatch is split (the loss scale never depends on micro_batch_size,
+    nor on the ranks). `model` is a plain model or a `Replica` (this rank's share of `index`).
     `temperature` is the sampling temperature (log-probs of the distribution sampled from);
     `max_len` the generation limit (Dr. GRPO's constant normaliser).
     """
+    replica = model if isinstance(model, Replica) else Replica(model)
     policy_loss = POLICY_LOSSES.pick(g.policy_loss)
     mask_all = batch.completion_mask[index]  # [M, Tc]
     normalizer = loss_normalizer(mask_all, g.loss_agg)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
     tokens = float(mask_all.sum().clamp(min=1))
-    for start in range(0, len(index), g.micro_batch_size):
+    mine = replica.part(index)  # this rank's rows; every rank runs as many passes
+    passes = replica.lockstep(mine.split(g.micro_batch_size), index[:1])
+    for number, (idx, live) in enumerate(passes):
         between_phases()  # the last micro-batch's activations
-        idx = index[start : start + g.micro_batch_size]
-        mask = batch.completion_mask[idx]  # [m, Tc]
-        logp, entropy = rows_logprobs(
-            model,
-            batch,
-            idx,
-            temperature,
-            with_entropy=True,
-            checkpoint_layers=g.activation_checkpointing,
-        )  # [m, Tc]
-        old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
-        per_token, stats = policy_loss(
-            logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
-        )  # [m, Tc]
-        weight = float(mask.sum()) / tokens
-        if batch.ref_logp is not None:
-            kl = kl_penalty(logp, batch.ref_logp[idx], g.kl)  # [m, Tc]
-            per_token = per_token + g.beta * kl
-            totals["kl"] += float(masked_mean(kl.detach(), mask)) * weight
-        loss = aggregate(per_token, mask, g.loss_agg, max_len, normalizer)
-        between_phases()  # the forward's temporaries, before the backward's peak
-        loss.backward()
+        with replica.training_pass(last=number == len(passes) - 1):
+            if not live:  # a zero-weight pass: this rank's share is done, the others' is not
+                (replica(rows_logprobs, batch, idx, temperature)[0].sum() * 0.0).backward()
+                continue
+            mask = batch.completion_mask[idx]  # [m, Tc]
+            logp, entropy = replica(
+                rows_logprobs,
+                batch,
+                idx,
+                temperature,
+                with_entropy=True,
+                checkpoint_layers=g.activation_checkpointing,
+            )  # [m, Tc]
+            old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
+            per_token, stats = policy_loss(
+                logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
+            )  # [m, Tc]
+            weight = float(mask.sum()) / tokens
+            if batch.ref_logp is not None:
+                kl = kl_penalty(logp, batch.ref_logp[idx], g.kl)  # [m, Tc]
+                per_token = per_token + g.beta * kl
+                totals["kl"] += float(masked_mean(kl.detach(), mask)) * weight
+            loss = aggregate(per_token, mask, g.loss_agg, max_len, normalizer)
+            between_phases()  # the forward's temporaries, before the backward's peak
+            (loss * replica.loss_scale).backward()
         totals["loss"] += float(loss.detach())
         totals["clip_frac"] += float(stats["clip_frac"]) * weight
         totals["entropy"] += float(masked_mean(entropy.detach(), mask)) * weight
-    return totals
+    return replica.total(totals)
 
 
 def optimize(
@@ -187,6 +205,7 @@ def optimize(
     (dynamic sampling that ran out of resamples) makes fewer, not smaller, optimizer steps,
     and every sequence is used.
     """
+    replica = model if isinstance(model, Replica) else Replica(model)
     size = max(1, g.batch_size // g.minibatches)  # sequences per optimizer step
     logs: list[dict[str, float]] = []
     skipped, policy_seconds, optimizer_seconds = 0, 0.0, 0.0
@@ -198,18 +217,19 @@ def optimize(
         for index in order.split(size):
             optimizer.zero_grad(set_to_none=True)
             began = time.perf_counter()
-            stats = minibatch_loss(model, batch, index, g, temperature, max_len)
+            stats = minibatch_loss(replica, batch, index, g, temperature, max_len)
             policy_seconds += time.perf_counter() - began
             began = time.perf_counter()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if not (torch.isfinite(norm) and torch.isfinite(torch.tensor(stats["loss"]))):
+            norm = replica.clip(grad_clip)  # the same global norm and loss on every rank
+            if not (math.isfinite(norm) and math.isfinite(stats["loss"])):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
             optimizer.step()
+            replica.sync()
             between_phases()
             optimizer_seconds += time.perf_counter() - began
-            stats["grad_norm"] = float(norm)
+            stats["grad_norm"] = norm
             logs.append(stats)
     optimizer.zero_grad(set_to_none=True)
     means = {k: sum(s[k] for s in logs) / len(logs) for k in logs[0]} if logs else {}
@@ -226,17 +246,24 @@ def build_batch(
     pad_id: int,
     temperature: float,
 ) -> RolloutBatch:
-    """Tensors, advantages and the once-per-step old/ref log-probs for the optimisation."""
+    """Tensors, advantages and the once-per-step old/ref log-probs for the optimisation.
+
+    `model` is a plain model or a `Replica`; the whole batch is built on every rank, and each
+    rank computes the old/ref log-probs of its share of the rows (gathered for all).
+    """
+    replica = model if isinstance(model, Replica) else Replica(model)
+    policy = replica.weights
     reward_t = torch.tensor(rewards, dtype=torch.float32)  # [B]
     batch = RolloutBatch(
         **collate(groups, pad_id, g.mask_truncated),
         advantages=group_advantages(reward_t, g.group_size, g.advantage_scale),
         rewards=reward_t,
-    ).to(model.device)
+    ).to(policy.device)
+    micro = g.micro_batch_size
     if g.mu * g.minibatches > 1:
-        batch.old_logp = batch_logprobs(model, batch, g.micro_batch_size, temperature)
+        batch.old_logp = batch_logprobs(policy, batch, micro, temperature, replica)
     if ref_model is not None and g.beta > 0:
-        batch.ref_logp = batch_logprobs(ref_model, batch, g.micro_batch_size, temperature)
+        batch.ref_logp = batch_logprobs(ref_model, batch, micro, temperature, replica)
     return batch
 
 

@@ -11,6 +11,8 @@ the stage starts and `complete` when it ends. On a re-run a stage is
 A stage that runs gets a new lineage hash (it covers the finish time), so every stage
 downstream of it runs again too. Then every model is evaluated on the held-out split and
 `runs/<pipeline>/report.md` is written (pipeline/report.py). The YAML: pipeline/config.py.
+Under torchrun every rank runs each stage (each stage splits its own work over them); rank 0
+alone writes lineage, deletes a stage to restart it, and writes the report.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from r1lab.core.runfiles import check_out_dir, write_atomic
 from r1lab.pipeline.config import Pipeline, Stage, canonical_hash
 from r1lab.pipeline.report import ModelScore, evaluate_models, write_report
 from r1lab.pipeline.stages import StageResult
+from r1lab.train import dist
 
 LINEAGE = "lineage.json"
 
@@ -42,7 +45,7 @@ def read_lineage(out: Path) -> dict[str, Any] | None:
 
 def write_lineage(out: Path, record: dict[str, Any]) -> None:
     """Replace lineage.json atomically: a crash leaves the old record or the new one."""
-    write_atomic(out / LINEAGE, json.dumps(record, indent=2) + "\n")
+    dist.on_main(write_atomic, out / LINEAGE, json.dumps(record, indent=2) + "\n")
 
 
 def lineage_hash(record: dict[str, Any]) -> str:
@@ -100,6 +103,7 @@ def run_stage(stage: Stage, inputs: list[dict[str, Any]], progress: bool) -> dic
     record.update(status="complete", finished=_now(), seconds=time.perf_counter() - began)
     record["metrics"] = stage.kind.metrics(stage.out)
     record["hash"] = lineage_hash(record)
+    record = dist.broadcast(record)  # rank 0's times: every rank plans the next stages alike
     write_lineage(stage.out, record)
     return record
 
@@ -154,7 +158,7 @@ def run_stages(
                 f"({action} needed); run the pipeline without --only first"
             )
         if action == "restart":
-            shutil.rmtree(stage.out)
+            dist.on_main(shutil.rmtree, stage.out)
         log(f"{stage.name} ({stage.kind.name}): {action} -> {stage.out}")
         lineage = run_stage(stage, inputs, progress)
         past = {"run": "ran", "resume": "resumed", "restart": "restarted"}[action]
@@ -185,4 +189,4 @@ def run_pipeline(
         return PipelineRun(stages, [], None)
     log(f"evaluating {len(pipeline.models)} models -> {pipeline.root / 'eval'}")
     scores = evaluate_models(pipeline, stages, progress)
-    return PipelineRun(stages, scores, write_report(pipeline, stages, scores))
+    return PipelineRun(stages, scores, dist.on_main(write_report, pipeline, stages, scores))

@@ -18,7 +18,9 @@ possible:
     the cache, not even when finished rows leave (see `KVBuffer`).
 
 The prompt prefill still goes through the model's own forward (one call, compute-bound) and
-its cache becomes the buffer's prompt part. `tests/test_lean.py` checks the logits against
+its cache becomes the buffer's prompt part. A projection with a LoRA adapter (a LoRA run's
+policy) is read as its merged weight W + (alpha / r) B A (`core.lora.effective_weight`),
+computed into the fused copies it needs anyway. `tests/test_lean.py` checks the logits against
 the `transformers` forward; `tests/test_rollout.py` checks greedy decoding against `generate`,
 token for token.
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from r1lab.core.lora import effective_weight
 
 SUPPORTED = ("llama", "qwen2")
 
@@ -132,7 +136,8 @@ class LeanDecoder:
             for layer in model.model.layers:
                 attn, mlp = layer.self_attn, layer.mlp
                 projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-                qkv = weight(torch.cat([p.weight for p in projections]))
+                gate_up = (mlp.gate_proj, mlp.up_proj)
+                qkv = weight(torch.cat([effective_weight(p) for p in projections]))
                 bias = None
                 if attn.q_proj.bias is not None:
                     bias = torch.cat([p.bias for p in projections]).to(dtype)
@@ -142,15 +147,15 @@ class LeanDecoder:
                         "ln2": layer.post_attention_layernorm,
                         "qkv": qkv,
                         "qkv_bias": bias,
-                        "o": weight(attn.o_proj.weight),
-                        "gate_up": weight(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-                        "down": weight(mlp.down_proj.weight),
+                        "o": weight(effective_weight(attn.o_proj)),
+                        "gate_up": weight(torch.cat([effective_weight(p) for p in gate_up])),
+                        "down": weight(effective_weight(mlp.down_proj)),
                     }
                 )
             self.layers = layers
-            self.embed = model.get_input_embeddings().weight
+            self.embed = effective_weight(model.get_input_embeddings())
             self.norm = model.model.norm
-            self.head = weight(model.get_output_embeddings().weight)
+            self.head = weight(effective_weight(model.get_output_embeddings()))
 
     def _linear(
         self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None

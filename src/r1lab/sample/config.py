@@ -183,6 +183,11 @@ class SampleConfig:
         validate_sections(self)
         if self.max_per_prompt is not None:
             at_least("max_per_prompt", self.max_per_prompt, 1)
+        if self.model.lora is not None:
+            raise UserError(
+                "model.lora trains an adapter, and sampling trains nothing: name a LoRA run's "
+                "final/ (or a checkpoint) as model.spec instead"
+            )
         if self.judge.spec and not self.filters.correct:
             raise UserError(
                 "judge.spec is set but filters.correct is false: the verdict would decide "

@@ -16,10 +16,12 @@
      `report.json` last: its presence marks the stage complete.
 
 Steps 3-6 are recomputed from the saved rows on every run, so changing a filter and
-resuming refilters without drawing a sample again. Where this departs from the paper: the
-judge is any model — local, or behind an endpoint (`openai:MODEL@URL`, as DeepSeek-V3 was) —
-and the filters are rules, not people. A model behind an endpoint keeps its answers in
-`responses.jsonl` (the judge's in `judge_responses.jsonl`), so a resume asks nothing twice.
+resuming refilters without drawing a sample again. Under torchrun the ranks split step 2's
+prompts (`eval.run.sample_problems`); rank 0 alone judges, filters and writes. Where this
+departs from the paper: the judge is any model — local, or behind an endpoint
+(`openai:MODEL@URL`, as DeepSeek-V3 was) — and the filters are rules, not people. A model
+behind an endpoint keeps its answers in `responses.jsonl` (the judge's in
+`judge_responses.jsonl`), so a resume asks nothing twice.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from r1lab.sample.select import Drawn, pick_mix, select
 from r1lab.tasks import Task, make_task
 from r1lab.text.conversations import jsonl_rows
 from r1lab.text.templates import pick_shots, render
+from r1lab.train import dist
 
 DATA, REJECTED, REPORT, JUDGE, CONFIG = (
     "data.jsonl",
@@ -82,17 +85,36 @@ def sample(config: SampleConfig, resume: bool | str = False, progress: bool = Tr
     mix_rows = jsonl_rows(config.mix.path) if config.mix.path else []  # a bad file fails now
     settings, settings_notes = sample_settings(config)
     notes += settings_notes
+    dist.on_main(start, config, settings, out)
+    drawn = draw(config, settings, task, examples, shots, out, progress, notes)
+    dist.on_main(finish, config, settings, drawn, mix_rows, out, progress, notes)
+    return out
+
+
+def start(config: SampleConfig, settings: EvalSettings, out: Path) -> None:
+    """Mark the run incomplete, pin its settings, record its config."""
     (out / REPORT).unlink(missing_ok=True)  # incomplete until the new report is written
     check_settings(out, settings)
     write_atomic(out / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    drawn = draw(config, settings, task, examples, shots, out, progress, notes)
+
+
+def finish(
+    config: SampleConfig,
+    settings: EvalSettings,
+    drawn: Sequence[Drawn],
+    mix_rows: Sequence[Any],
+    out: Path,
+    progress: bool,
+    notes: list[str],
+) -> None:
+    """Judge, filter, mix, and write data.jsonl, rejected.jsonl and report.json (last)."""
     verdicts = judge_drawn(config, drawn, out / JUDGE, progress)
     kept, rejected, dropped = select(config, settings, drawn, verdicts)
     mixed = pick_mix(mix_rows, len(kept), config, notes)
     write_atomic(out / DATA, jsonl_text(kept + mixed))
     write_atomic(out / REJECTED, jsonl_text(rejected))
     counts = {
-        "prompts": len(examples),
+        "prompts": len({d.example.id for d in drawn}),
         "samples": len(drawn),
         "correct": sum(r["provenance"]["grade"]["correct"] is True for r in kept + rejected),
         "judged": len(verdicts),
@@ -103,7 +125,6 @@ def sample(config: SampleConfig, resume: bool | str = False, progress: bool = Tr
     }
     report = {**counts, "notes": notes, **report_settings(config, settings, out)}
     write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
-    return out
 
 
 def check_resume(out: Path, resume: bool | str) -> None:
@@ -172,7 +193,7 @@ def draw(
     """Every prompt's k graded samples: sampled now, or read back from results.jsonl."""
     if settings.engine not in ENGINES:
         raise unknown_name("rollout engine", settings.engine, ENGINES)
-    finished = load_finished(out, settings.k)
+    finished = dist.on_main(load_finished, out, settings.k)
     todo = [ex for ex in examples if ex.id not in finished]
     if len(todo) < len(examples):
         notes.append(f"resumed: {len(examples) - len(todo)} prompts reused from {RESULTS}")
@@ -183,7 +204,7 @@ def draw(
             gen.batch_size, model.dtype, model.compute_dtype, gen.device, progress, gen.concurrency
         )
         sample_problems(settings, task, todo, shots, out / RESULTS, runtime, label="sample")
-        finished = load_finished(out, settings.k)
+        finished = dist.on_main(load_finished, out, settings.k)
     tokenizer = load_tokenizer(settings.model)  # the prefill of its template, no weights
     drawn = []
     for example in examples:

@@ -28,13 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from r1lab.core.checkpoint import checkpoint_to_resume, load_state
 from r1lab.core.errors import UserError
-from r1lab.core.models import compute_context, load_model, pick_device
+from r1lab.core.models import compute_context
 from r1lab.eval.metrics import summarize
-from r1lab.eval.run import sample_and_grade
+from r1lab.eval.run import sample_and_grade_shared
 from r1lab.rollout import SamplingParams, make_engine
 from r1lab.sft.config import SFTConfig
 from r1lab.sft.data import load_rows, split_rows, write_rows
@@ -42,9 +40,11 @@ from r1lab.sft.encode import Encoded, add_special_token, data_hash, encode_rows
 from r1lab.sft.loss import accumulate_gradients, check_packing, mean_nll
 from r1lab.tasks import make_task
 from r1lab.text.formats import OutputFormat
+from r1lab.train import dist
 from r1lab.train.loop import Schedule, run_loop
 from r1lab.train.optim import build_optimizer, lr_at, set_lr
 from r1lab.train.progress import ProgressDisplay, log
+from r1lab.train.replica import Replica, load_trainable
 from r1lab.train.stream import PromptStream, set_seed
 
 
@@ -62,9 +62,14 @@ def prepare_data(
     train_rows, held_rows = split_rows(load_rows(config), config.data.eval_fraction)
     token = config.data.special_token
     uses_token = any(token in r.completion or token in r.prompt for r in (*train_rows, *held_rows))
+    if uses_token and config.model.lora is not None and token not in tokenizer.get_vocab():
+        raise UserError(
+            f"the data uses {token!r}, which the model's tokenizer lacks: adding it grows the "
+            "embeddings, which a LoRA adapter leaves frozen; train without model.lora first"
+        )
     if uses_token and add_special_token(model, tokenizer, token):
         log(f"added {token!r} to the tokenizer (vocabulary {len(tokenizer)})")
-    write_rows(run_dir / "data.jsonl", train_rows, held_rows)
+    dist.on_main(write_rows, run_dir / "data.jsonl", train_rows, held_rows)
     name, limit = config.template.name, config.data.max_tokens
     history = config.data.history_thinking
     train, dropped = encode_rows(train_rows, tokenizer, name, limit, history)
@@ -126,34 +131,39 @@ class SFTJob:
 
     def __init__(self, config: SFTConfig, run_dir: Path, checkpoint: Path | None) -> None:
         self.config = config
-        spec = str(checkpoint or config.model.spec)
-        self.model, self.tokenizer = load_model(spec, config.model.dtype)
-        self.model.to(pick_device(config.model.device))
-        self.data = prepare_data(config, run_dir, self.model, self.tokenizer, log)
-        check_packing(self.model)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        model, adapter, self.tokenizer = load_trainable(config.model, checkpoint)
+        self.data = prepare_data(config, run_dir, model, self.tokenizer, log)
+        check_packing(model)
+        self.replica = Replica(model, config.model.parallel, adapter)  # after any new token
+        self.optimizer = build_optimizer(self.replica.model, config.optim)
         self.stream = PromptStream(self.data.train, config.train.seed)
         self.checkpoint = checkpoint
 
+    @property
+    def model(self) -> Any:
+        """What checkpoints and final/ save (the LoRA adapter, or the model)."""
+        return self.replica.saved
+
     def step(self, step: int) -> tuple[dict[str, Any], bool]:
         """One optimizer step; returns the metrics row and whether the update was taken."""
-        config, model, optimizer = self.config, self.model, self.optimizer
+        config, replica, optimizer = self.config, self.replica, self.optimizer
         lr = lr_at(step, self.data.steps, config.optim)
         set_lr(optimizer, lr)
-        seqs = self.stream.take(config.train.batch_size)
+        seqs = self.stream.take(config.train.batch_size)  # the whole step's, on every rank
         optimizer.zero_grad(set_to_none=True)
-        with compute_context(config.model.compute_dtype, model.device):
-            out = accumulate_gradients(model, seqs, config.train.micro_batch_tokens)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        ok = bool(torch.isfinite(norm)) and math.isfinite(out["loss"])
+        with compute_context(config.model.compute_dtype, replica.weights.device):
+            out = accumulate_gradients(replica, seqs, config.train.micro_batch_tokens)
+        norm = replica.clip(config.optim.grad_clip)
+        ok = math.isfinite(norm) and math.isfinite(out["loss"])
         if ok:
             optimizer.step()
+            replica.sync()
         optimizer.zero_grad(set_to_none=True)
         stream = self.stream
         row = {
             "loss": out["loss"],
             "lr": lr,
-            "grad_norm": float(norm) if ok else None,
+            "grad_norm": norm if ok else None,
             "tokens": int(out["tokens"]),
             "epoch": stream.epoch + stream.position / len(stream.examples),
             "skipped_updates": 0 if ok else 1,
@@ -164,9 +174,9 @@ class SFTJob:
         """Held-out loss; at the start and the end also pass@1/format (`eval.generate`)."""
         config, row = self.config, {}
         if self.data.held_out:
-            with compute_context(config.model.compute_dtype, self.model.device):
+            with compute_context(config.model.compute_dtype, self.replica.weights.device):
                 tokens = config.train.micro_batch_tokens
-                row["eval/loss"] = mean_nll(self.model, self.data.held_out, tokens)
+                row["eval/loss"] = mean_nll(self.replica, self.data.held_out, tokens)
         if step in (0, self.data.steps) and config.eval.generate:
             row.update(self.generation_metrics())
         return row
@@ -183,23 +193,29 @@ class SFTJob:
         )
         engine = make_engine(
             "prefix",
-            self.model,
+            self.replica.weights,
             self.tokenizer,
             max_prompt_tokens=config.data.max_tokens,
             compute_dtype=config.model.compute_dtype,
         )
-        with torch.random.fork_rng():  # the training RNG stays where it was
-            torch.manual_seed(config.train.seed + 1)
-            fmt = OutputFormat(config.data.sources[0].format, config.data.special_token)
-            records = sample_and_grade(
-                engine, task, examples, self.tokenizer, config.template.name, params, (), fmt
-            )
+        fmt = OutputFormat(config.data.sources[0].format, config.data.special_token)
+        records = sample_and_grade_shared(
+            engine,
+            task,
+            examples,
+            self.tokenizer,
+            config.template.name,
+            params,
+            config.train.seed + 1,
+            (),
+            fmt,
+        )
         summary = summarize(records)
         return {f"eval/{k}": summary[k] for k in ("pass@1", "format", "length")}
 
     def state(self) -> dict[str, Any]:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            **self.replica.optimizer_state(self.optimizer),
             "stream": self.stream.state(),
             "data": data_hash(self.data.train),
         }
@@ -207,5 +223,5 @@ class SFTJob:
     def load(self, state: dict[str, Any]) -> None:
         if state["data"] != data_hash(self.data.train):
             raise UserError(f"--resume: the training data changed since {self.checkpoint}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.replica.load_optimizer_state(self.optimizer, state, self.checkpoint)
         self.stream.load(state["stream"])

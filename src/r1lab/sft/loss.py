@@ -6,7 +6,9 @@ block-diagonal mask from the position ids; `check_packing` refuses a model whose
 does not). The loss is the NLL of the completion tokens (+ EOS), summed and divided by the
 completion tokens of the *whole step*, so the gradient is the same however the step is split.
 Log-probs come from `train.logprobs.hidden_logprobs`: only completion positions go through the
-LM head, a chunk at a time, so no [B, T, V] logits are ever materialised.
+LM head, a chunk at a time, so no [B, T, V] logits are ever materialised. Under torchrun each
+rank packs and runs its share of the step's sequences through the `train.replica.Replica`,
+still divided by the whole step's target count: the gradient is the single process's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from r1lab.core.errors import UserError
 from r1lab.sft.encode import Encoded
 from r1lab.train.logprobs import hidden_logprobs
+from r1lab.train.replica import Replica
 
 
 def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -68,29 +71,41 @@ def accumulate_gradients(
     """Backward the step's mean token NLL over packed micro-batches; grads accumulate.
 
     Each micro-batch's summed NLL is divided by the *step's* target count, so the gradients
-    add up to those of one big batch, whatever `micro_batch_tokens` is.
+    add up to those of one big batch, whatever `micro_batch_tokens` is and however many ranks
+    share the step (`model`: a plain model, or a `Replica` running this rank's share).
     """
+    replica = model if isinstance(model, Replica) else Replica(model)
     tokens = sum(s.targets for s in seqs)
+    mine = replica.part(seqs)
+    bins = pack([len(s.ids) for s in mine], micro_batch_tokens)
+    packed = [[mine[i] for i in index] for index in bins]
+    passes = replica.lockstep(packed, list(seqs[:1]))
     loss_sum = 0.0
-    for index in pack([len(s.ids) for s in seqs], micro_batch_tokens):
-        loss = -packed_logprobs(model, [seqs[i] for i in index]).sum() / tokens
-        loss.backward()
+    for number, (part, live) in enumerate(passes):
+        with replica.training_pass(last=number == len(passes) - 1):
+            loss = -replica(packed_logprobs, part).sum() / tokens * float(live)
+            (loss * replica.loss_scale).backward()
         loss_sum += float(loss.detach())
-    return {"loss": loss_sum, "tokens": float(tokens)}
+    return {"loss": replica.total({"loss": loss_sum})["loss"], "tokens": float(tokens)}
 
 
 @torch.no_grad()
 def mean_nll(model: Any, seqs: Sequence[Encoded], micro_batch_tokens: int) -> float:
-    """Mean NLL per target token of `seqs` (the held-out loss), in eval mode."""
-    was_training = model.training
-    model.eval()
+    """Mean NLL per target token of `seqs` (the held-out loss), in eval mode; a `Replica`
+    splits the sequences over the ranks."""
+    replica = model if isinstance(model, Replica) else Replica(model)
+    plain = replica.weights
+    mine = replica.part(seqs)
+    was_training = plain.training
+    plain.eval()
     try:
         total = sum(
-            float(-packed_logprobs(model, [seqs[i] for i in index]).sum())
-            for index in pack([len(s.ids) for s in seqs], micro_batch_tokens)
+            float(-packed_logprobs(plain, [mine[i] for i in index]).sum())
+            for index in pack([len(s.ids) for s in mine], micro_batch_tokens)
         )
     finally:
-        model.train(was_training)
+        plain.train(was_training)
+    total = replica.total({"nll": total})["nll"]
     return total / max(1, sum(s.targets for s in seqs))
 
 

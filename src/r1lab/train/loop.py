@@ -17,6 +17,10 @@ the run-directory contract, the same for both:
   5. `final/`: written when the run trained, or when it stopped between its last checkpoint
      and `final/`; with `final_only` the checkpoints go once it is there (a finished pipeline
      stage is never resumed: it is skipped, or started over when its inputs change).
+
+Under torchrun every rank runs the loop in step; rank 0 alone writes (its rows are the whole
+world's, reduced by the job) and shows progress, each rank's RNG state goes into the
+checkpoint, and a checkpoint resumes only on as many ranks as wrote it (`train.dist`).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from r1lab.core.checkpoint import (
     prune_checkpoints,
     rng_state,
     save_checkpoint,
-    save_model_dir,
+    save_final,
     set_rng_state,
 )
 from r1lab.core.config import dump_config
 from r1lab.core.errors import UserError
 from r1lab.core.runfiles import JsonlWriter
+from r1lab.train import dist
 from r1lab.train.progress import ProgressDisplay
 from r1lab.train.tracking import Tracked
 
@@ -64,7 +69,7 @@ class Schedule:
 class Job(Protocol):
     """What a trainer plugs into `run_loop`."""
 
-    model: Any
+    model: Any  # what checkpoints and final/ save (a LoRA run: its adapter)
     tokenizer: Any
     files: Sequence[JsonlWriter]  # per-step files besides metrics.jsonl (e.g. samples.jsonl)
     stop_advice: str  # what to try when the loss keeps going non-finite
@@ -100,24 +105,17 @@ def run_loop(
     `display(total, start)` builds the progress line; `config` is written as config.yaml;
     metrics rows also go to the trackers `report_to` names (`train.tracking`).
     """
+    main = dist.is_main()
     metrics = JsonlWriter(run_dir / "metrics.jsonl")
-    files = [metrics, *job.files]
-    start, bad_steps = 0, 0
-    if state is not None:
-        start, bad_steps = state["step"], state["bad_steps"]
-        job.load(state)
-        set_rng_state(state["rng"])
-        for file in files:
-            file.truncate_after(start)
-    else:
-        for file in files:
-            file.clear()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
-    log = Tracked(metrics, report_to, run_dir, config, start)
+    start, bad_steps = _begin(job, [metrics, *job.files], state, run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+    log = Tracked(metrics, report_to if main else (), run_dir, config, start)
     if start == 0:
         _write_eval(log, job, 0)
-    with log, display(schedule.steps, start) as shown:
+    shown_by = display if main else lambda total, at: ProgressDisplay(total, at, enabled=False)
+    with log, shown_by(schedule.steps, start) as shown:
         for step in range(start + 1, schedule.steps + 1):
             began = time.perf_counter()
             row, ok = job.step(step)
@@ -134,14 +132,41 @@ def run_loop(
             if schedule.due(schedule.eval_every, step):
                 _write_eval(log, job, step)
             if schedule.due(schedule.save_every, step):
-                saved = {"step": step, "bad_steps": bad_steps, "rng": rng_state(), **job.state()}
+                saved = {"step": step, "bad_steps": bad_steps, "rng": _rng(), **job.state()}
+                saved["world_size"] = dist.world_size()
                 keep = schedule.keep_checkpoints
-                save_checkpoint(run_dir, step, job.model, job.tokenizer, saved, keep)
-    if start < schedule.steps or not (run_dir / "final").exists():
-        save_model_dir(job.model, job.tokenizer, run_dir / "final")
-    if schedule.final_only:
+                if main:
+                    save_checkpoint(run_dir, step, job.model, job.tokenizer, saved, keep)
+    if main and (start < schedule.steps or not (run_dir / "final").exists()):
+        save_final(job.model, job.tokenizer, run_dir / "final")
+    if main and schedule.final_only:
         prune_checkpoints(run_dir)
+    dist.barrier()  # no rank goes on (a pipeline's next stage) before final/ is there
     return run_dir
+
+
+def _begin(
+    job: Job, files: list[JsonlWriter], state: dict[str, Any] | None, run_dir: Path
+) -> tuple[int, int]:
+    """Restore a checkpoint's state (or start fresh) and its files; (step, bad steps)."""
+    for file in files if not dist.is_main() else ():
+        file.mute()
+    if state is None:
+        for file in files:
+            file.clear()
+        return 0, 0
+    dist.check_world(state, run_dir / "checkpoints")
+    job.load(state)
+    rng = state["rng"]
+    set_rng_state(rng[dist.rank()] if isinstance(rng, list) else rng)
+    for file in files:
+        file.truncate_after(state["step"])
+    return state["step"], state["bad_steps"]
+
+
+def _rng() -> Any:
+    """This process's RNG state; under torchrun every rank's, in rank order."""
+    return rng_state() if dist.world_size() == 1 else dist.gather(rng_state())
 
 
 def _write_eval(log: Callable[[dict[str, Any]], None], job: Job, step: int) -> None:

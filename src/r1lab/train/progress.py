@@ -11,13 +11,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from r1lab.core.runfiles import read_jsonl
+from r1lab.train import dist
 
 _CONSOLE = Console(stderr=True)
 
 
 def log(message: str) -> None:
-    """A message for the user on stderr (above a live progress line, when one is shown)."""
-    _CONSOLE.log(message)
+    """A message for the user on stderr (above a live progress line, when one is shown);
+    under torchrun rank 0 speaks for all."""
+    if dist.is_main():
+        _CONSOLE.log(message)
 
 
 def eval_table(run_dir: Path, keys: Sequence[str]) -> Table | str:
