@@ -3,10 +3,13 @@ reported (constant rewards, a prefilled `<think>`, prompts over the limit, trunc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from r1lab.grpo.config import build_config
 from r1lab.grpo.preflight import preflight
+from r1lab.rewards import REWARDS
 
 
 def tiny_config(**sections):
@@ -53,7 +56,7 @@ def test_a_random_model_gets_constant_reward_warnings(report):
 def test_truncation_is_reported(report):
     truncated = sum(not s["finished"] for s in report.samples)
     assert truncated > 0  # 8 tokens of random text rarely end on EOS
-    assert any(f"{truncated}/6 samples hit" in w for w in report.warnings)
+    assert any(f"{truncated}/6" in w and "max_new_tokens=8" in w for w in report.warnings)
 
 
 def test_prompt_token_counts(report):
@@ -86,3 +89,27 @@ def test_shots_are_not_asked_as_questions():
         assert question.count("What is") == 1
         first_question = sample["prompt"].split("User: ", 2)[1]
         assert first_question != question  # the worked example is a different problem
+
+
+def test_an_empty_test_split_is_reported_with_the_option_to_set():
+    data = Path(__file__).resolve().parents[2] / "data" / "gsm8k_sample.jsonl"
+    task = {"name": f"jsonl:{data}", "options": {"test_fraction": 0.0}}
+    report = preflight(tiny_config(task=task, generation={"max_new_tokens": 2}), 1, 2)
+    found = [w for w in report.warnings if "no checkable test problems" in w]
+    assert found and "test_fraction" in found[0]
+
+
+def test_equal_rewards_within_every_group_are_reported():
+    """Rewards that differ between prompts but never within one: GRPO learns nothing."""
+    REWARDS["per_prompt"] = lambda inputs: [float(ex.answer) for ex in inputs.examples]
+    try:
+        config = tiny_config(
+            task={"name": "arith", "options": {"digits": 2}},
+            rewards=[{"name": "per_prompt"}],
+            generation={"max_new_tokens": 2},
+        )
+        report = preflight(config, prompts=2, samples=3)
+    finally:
+        REWARDS.pop("per_prompt")
+    assert len({s["reward"] for s in report.samples}) == 2  # not constant overall
+    assert any("zero_std_frac 1.0" in w and "no gradient" in w for w in report.warnings)

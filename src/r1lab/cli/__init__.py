@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from r1lab.cli.parser import build_parser
+from r1lab.core import console
 from r1lab.core.errors import UserError
 
 
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    console.configure(quiet=getattr(args, "quiet", False), json=getattr(args, "json", False))
     try:
         args.fn(args)
     except UserError as err:
@@ -32,4 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "[yellow]interrupted[/yellow]; resume with --resume (a pipeline: run it again)"
         )
         return 130
+    finally:
+        console.configure()  # the flags were this command's, not the process's
     return 0
