@@ -154,8 +154,51 @@ def test_preflight_checks_the_settings_of_a_torchrun_launch(capsys, tmp_path):
     recipe = tmp_path / "ok.yaml"
     recipe.write_text("model: {spec: 'tiny:llama'}\ngeneration: {max_new_tokens: 4}\n")
     argv = ["preflight", str(recipe), "--prompts", "1", "--samples", "2"]
-    code, out, _ = run(capsys, *argv, "--nproc-per-node", "3")
+    code, _, err = run(capsys, *argv, "--nproc-per-node", "3")
     assert code == 0
-    assert "distributed: grpo.batch_size (32) must be a multiple of the ranks" in out
-    code, out, _ = run(capsys, *argv, "--nproc-per-node", "2", "--nnodes", "2")
-    assert code == 0 and "distributed:" not in out
+    assert "distributed: grpo.batch_size (32) must be a multiple of the ranks" in err
+    code, _, err = run(capsys, *argv, "--nproc-per-node", "2", "--nnodes", "2")
+    assert code == 0 and "distributed:" not in err
+
+
+def test_listing_and_showing_tasks_import_no_sympy_or_torch():
+    """`r1lab tasks` answers at once: the math grader (sympy) loads only for a math dataset,
+    whose gold answers it checks; torch never."""
+    code = (
+        "import sys\n"
+        "from r1lab.cli import main\n"
+        "assert main(['tasks']) == 0 and main(['tasks', 'arith', '-n', '1']) == 0\n"
+        "heavy = {'sympy', 'math_verify', 'torch', 'transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert main(['tasks', 'jsonl:data/gsm8k_sample.jsonl', '-n', '1']) == 0\n"
+        "assert 'sympy' in sys.modules and 'torch' not in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("argv", "guess"),
+    [
+        (["tasks", "arth"], "unknown task 'arth' (did you mean 'arith'?)"),
+        (["tasks", "arith", "--option", "digts=1"], "'digts' for task 'arith' (did you mean"),
+        (["train", "recipes/r1_zero_arith.yaml", "--set", "grpo.grup_size=4"], "'group_size'"),
+        (["train", "recipes/r1_zero_arith.yaml", "--set", "rewards.0.name=acuracy"], "'accuracy'"),
+    ],
+)
+def test_a_misspelt_name_gets_a_suggestion(capsys, monkeypatch, argv, guess):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and guess in err
+
+
+def test_preflight_shows_the_prompt_as_the_model_sees_it(capsys, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: {spec: 'tiny:llama'}\ngeneration: {max_new_tokens: 4}\n"
+        "task: {name: arith, options: {digits: 1}}\n"
+    )
+    code, out, _ = run(capsys, "preflight", str(recipe), "--prompts", "1", "--samples", "2")
+    assert code == 0
+    assert "prompt 1 of 1 as the model sees it:" in out
+    assert "A conversation between User and Assistant." in out and "User: What is" in out

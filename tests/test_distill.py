@@ -6,6 +6,7 @@ part, and the `r1lab distill` command."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_the_halves_are_placed_under_out_dir_name(tmp_path):
         (
             {},
             ["teachers.model.spec=x"],
-            r"unknown config key 'teachers'; valid keys under the "
+            r"unknown config key 'teachers' \(did you mean 'teacher'\?\); valid keys under the "
             r"config: kind, name, out_dir, teacher, student",
         ),
         ({}, ["teacher.name=x"], r"teacher.name: distill places the teacher's output"),
@@ -95,12 +96,16 @@ def test_a_tiny_llama_teaches_a_tiny_qwen2_and_resume_redoes_nothing(tmp_path, m
         json.loads(line) for line in (out / "student" / "data.jsonl").read_text().splitlines()
     ]
     assert len(trained) == teacher["rows"]  # every kept row reached the student (train + eval)
+    # the final model where every trainer leaves it: <dir>/final, a relative link
+    assert (out / "final").is_symlink() and report["final"] == str(out / "final")
+    assert (out / "final").resolve() == (out / "student" / "final").resolve()
+    assert not Path(os.readlink(out / "final")).is_absolute()  # the run directory can move
     with pytest.raises(UserError, match="already holds a distillation: pass --resume"):
         distill(config, progress=False)
     monkeypatch.setattr(evaluate, "_engine", lambda *a, **k: pytest.fail("sampled again"))
     monkeypatch.setattr(SFTJob, "step", lambda *a, **k: pytest.fail("trained again"))
     assert distill(config, resume=True, progress=False) == out
-    assert (out / "report.json").exists()
+    assert (out / "report.json").exists() and (out / "final" / "config.json").exists()
 
 
 def test_a_teacher_that_keeps_nothing_stops_and_looser_filters_resume_it(tmp_path):

@@ -16,7 +16,9 @@ and no RL. Here one recipe names both halves:
 
 `distill` runs the teacher's rejection sampling into `<out>/teacher_data/`, then SFT of the
 student into `<out>/student/` on those rows (before any `data.sources` the student section
-lists; its `task` defaults to the teacher's), and writes `<out>/report.json` last. Text is the
+lists; its `task` defaults to the teacher's), links `<out>/final` to the student's
+`student/final/` (where every trainer's model is: `<dir>/final/`), and writes
+`<out>/report.json` last. Text is the
 interface between the two, so the student may have another architecture and tokenizer than
 the teacher. Each part resumes where it stopped: samples already drawn are never drawn again
 (a resume only reapplies the teacher's filters, so loosening them after a teacher that kept
@@ -28,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,12 +175,14 @@ def distill(config: DistillConfig, resume: bool | str = False, progress: bool = 
             "loosen teacher.filters or draw more with teacher.generation.n"
         )
     run_dir = sft(config.student, resume="auto", progress=progress)
+    final = dist.on_main(link_final, out, run_dir / "final")
     counts = ("prompts", "samples", "correct", "dropped", "kept", "mixed", "rows")
     report = {
         "teacher": {key: teacher[key] for key in counts},
         "teacher_data": str(teacher_out / "data.jsonl"),
         "student": str(run_dir),
         "student_final": str(run_dir / "final"),
+        "final": str(final),
     }
     dist.on_main(write_atomic, out / REPORT, json.dumps(report, indent=2) + "\n")
     return out
@@ -187,3 +192,16 @@ def _start(config: DistillConfig) -> None:
     """Mark the distillation incomplete and record its config (rank 0 under torchrun)."""
     (config.out / REPORT).unlink(missing_ok=True)  # incomplete until the new report is written
     write_atomic(config.out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def link_final(out: Path, model: Path) -> Path:
+    """`<out>/final`, a relative link to the student's final model: every command that
+    trains leaves its model in `<its directory>/final/`, and so does distillation."""
+    link, target = out / "final", os.path.relpath(model, out)
+    if link.is_symlink() and os.readlink(link) == target:
+        return link
+    tmp = out / ".final.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    tmp.replace(link)  # atomic: a reader sees the old link or the new one
+    return link

@@ -226,3 +226,44 @@ def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", asked)
     with pytest.raises(UserError, match=r"'someorg/x'.*cannot be reached.*127\.0\.0\.1:9"):
         load_model("someorg/x")
+
+
+def test_a_hub_error_is_one_line():
+    """transformers' offline message runs to three lines; the user gets its first."""
+    from r1lab.core.models import _hub_error
+
+    err = OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your internet.\n")
+    message = str(_hub_error("org/x", err))
+    assert "\n" not in message and "We couldn't connect" in message
+    assert "Check your internet" not in message
+
+
+def test_offline_mode_names_itself_when_the_model_is_not_cached(offline, tmp_cache):
+    with pytest.raises(UserError) as err:
+        load_model("someorg/not-cached-xyz")
+    assert "HF_HUB_OFFLINE is set" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("builtin:nope", "unknown built-in model 'nope'"),
+        ("tiny:gpt9", "unknown tiny architecture 'gpt9'"),
+        ("missing.gguf", "GGUF file not found"),
+        ("./no/such/dir", "model directory not found"),
+    ],
+)
+def test_check_spec_fails_at_once_loading_nothing(spec, message, tmp_path, monkeypatch):
+    from r1lab.core.models import check_spec
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        check_spec(spec)
+
+
+def test_check_spec_accepts_what_loads(tmp_path):
+    from r1lab.core.models import check_spec
+
+    (tmp_path / "config.json").write_text("{}")
+    for spec in ("tiny:llama", str(tmp_path), DEFAULT_MODEL):
+        check_spec(spec)

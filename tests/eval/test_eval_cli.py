@@ -90,6 +90,59 @@ def test_user_errors_exit_2(capsys, argv, message):
     assert message in err
 
 
+def test_a_missing_model_path_fails_writing_nothing(capsys, tmp_path):
+    out = tmp_path / "ev"
+    argv = ["--task", "arith", "--limit", "1", "--k", "1", "--max-new-tokens", "4", "--quiet"]
+    code, _, err = run(capsys, "eval", "--model", "runs/nope/final", *argv, "--out", out)
+    assert code == 2 and "model directory not found: runs/nope/final" in err
+    assert not out.exists()
+    code, _, _ = run(capsys, "eval", "--model", "tiny:llama", *argv, "--out", out)
+    assert code == 0  # the corrected command is not refused as "other settings"
+
+
+def test_a_missing_model_path_fails_before_the_model_libraries_load():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from r1lab.cli import main\n"
+        "assert main(['eval', '--model', 'runs/nope/final', '--task', 'arith']) == 2\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+def test_truncated_samples_are_a_warning_in_the_table(capsys, tmp_path):
+    argv = ["--model", "tiny:llama", "--task", "arith", "--max-new-tokens", "3", "--quiet"]
+    code, stdout, _ = run(capsys, "eval", *argv, "--limit", "2", "--k", "1", "--out", tmp_path)
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics"]["truncated"] > 0.3  # 3 tokens of random text rarely end
+    assert "warning:" in stdout and "hit max_new_tokens=3 without finishing" in stdout
+    assert summary["warnings"] and "raise the limit" in summary["warnings"][0]
+
+
+def test_split_train_evaluates_the_training_problems(capsys, tmp_path):
+    code, stdout, _ = run(
+        capsys, "eval", *TINY, "--split", "train", "--limit", "1", "--k", "1", "--out", tmp_path
+    )
+    assert code == 0 and "on arith (train split)" in stdout
+    row = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
+    from r1lab.tasks import make_task
+
+    assert row["id"] == make_task("arith", {}).examples("train", limit=1)[0].id
+
+
+def test_no_test_problems_suggests_test_fraction(capsys, tmp_path):
+    data = Path(__file__).resolve().parents[2] / "data" / "gsm8k_sample.jsonl"
+    argv = ["--model", "tiny:llama", "--task", f"jsonl:{data}", "--option", "test_fraction=0"]
+    code, _, err = run(capsys, "eval", *argv, "--out", tmp_path / "ev")
+    assert code == 2
+    assert "no checkable test problems" in err and "test_fraction" in err
+    assert not (tmp_path / "ev").exists()
+
+
 def test_resume_with_other_settings_exits_2(capsys, two_evals):
     a, _ = two_evals
     code, _, err = run(capsys, "eval", *TINY, "--limit", "2", "--k", "4", "--out", a)
@@ -103,8 +156,24 @@ def test_compare_prints_side_by_side_and_writes_a_png(capsys, two_evals, tmp_pat
     assert code == 0
     for word in ("r1lab eval comparison", "decoding", "k=2", "k=3", "pass@1", "cons@k"):
         assert word in stdout
-    assert "note: k differs: 2, 3" in stdout
+    assert "decoding ≠" in stdout and "not measured alike: k 2 vs 3" in stdout
     assert plot.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_compare_figure_names_the_mismatch_and_labels_every_bar(two_evals):
+    import matplotlib.pyplot as plt
+
+    from r1lab.eval.report import compare_figure, load_summary
+
+    summaries = [load_summary(d) for d in two_evals]
+    fig = compare_figure(summaries, ["a", "b"])
+    (ax,) = fig.axes
+    assert "not measured alike: k 2 vs 3" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()][0].startswith("a\nk=2")
+    values = [t.get_text() for t in ax.texts]
+    assert len(values) == 4 and all(len(v) == 5 for v in values)  # "0.000": zero bars too
+    assert ax.get_ylim()[0] < 0  # a bar at 0 shows above the frame
+    plt.close(fig)
 
 
 def test_compare_default_plot_goes_next_to_the_first_dir(capsys, two_evals):

@@ -3,11 +3,14 @@ reported (constant rewards, a prefilled `<think>`, prompts over the limit, trunc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from r1lab.grpo.config import build_config
 from r1lab.grpo.preflight import distributed_problems, preflight
+from r1lab.rewards import REWARDS
 
 
 def tiny_config(**sections):
@@ -54,7 +57,7 @@ def test_a_random_model_gets_constant_reward_warnings(report):
 def test_truncation_is_reported(report):
     truncated = sum(not s["finished"] for s in report.samples)
     assert truncated > 0  # 8 tokens of random text rarely end on EOS
-    assert any(f"{truncated}/6 samples hit" in w for w in report.warnings)
+    assert any(f"{truncated}/6" in w and "max_new_tokens=8" in w for w in report.warnings)
 
 
 def test_prompt_token_counts(report):
@@ -127,3 +130,27 @@ def test_training_refuses_a_batch_the_ranks_cannot_split(tmp_path, monkeypatch):
     config = tiny_config(train={"out_dir": str(tmp_path)})
     with pytest.raises(UserError, match="multiple of the ranks x grpo.group_size"):
         train(config, progress=False)  # before any model loads or process group starts
+
+
+def test_an_empty_test_split_is_reported_with_the_option_to_set():
+    data = Path(__file__).resolve().parents[2] / "data" / "gsm8k_sample.jsonl"
+    task = {"name": f"jsonl:{data}", "options": {"test_fraction": 0.0}}
+    report = preflight(tiny_config(task=task, generation={"max_new_tokens": 2}), 1, 2)
+    found = [w for w in report.warnings if "no checkable test problems" in w]
+    assert found and "test_fraction" in found[0]
+
+
+def test_equal_rewards_within_every_group_are_reported():
+    """Rewards that differ between prompts but never within one: GRPO learns nothing."""
+    REWARDS["per_prompt"] = lambda inputs: [float(ex.answer) for ex in inputs.examples]
+    try:
+        config = tiny_config(
+            task={"name": "arith", "options": {"digits": 2}},
+            rewards=[{"name": "per_prompt"}],
+            generation={"max_new_tokens": 2},
+        )
+        report = preflight(config, prompts=2, samples=3)
+    finally:
+        REWARDS.pop("per_prompt")
+    assert len({s["reward"] for s in report.samples}) == 2  # not constant overall
+    assert any("zero_std_frac 1.0" in w and "no gradient" in w for w in report.warnings)

@@ -86,7 +86,10 @@ def bad(pipeline: dict, **stage_changes) -> dict:
 @pytest.mark.parametrize(
     ("pipeline", "message"),
     [
-        ({**PIPELINE, "stagez": []}, "unknown config key 'stagez'; valid keys under the config"),
+        (
+            {**PIPELINE, "stagez": []},
+            "unknown config key 'stagez' (did you mean 'stages'?); valid keys under the config",
+        ),
         (bad(PIPELINE, s1={"runs": "grpo"}), "unknown config key 'stages.1.runs'"),
         (bad(PIPELINE, s1={"run": "rl"}), "unknown stage kind 'rl'; valid: sft, grpo, sample"),
         (bad(PIPELINE, s1={"model": "nope"}), "'nope' is not a stage; a stage reads from"),
@@ -245,8 +248,8 @@ def test_rerun_skips_every_stage_and_reuses_the_evaluations(finished, monkeypatc
     ran = count_runs(monkeypatch)
     before = {p: p.read_text() for p in Path("runs/tiny").glob("*/" + LINEAGE)}
     assert cli.main(["pipeline", "pipe.yaml", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert ran == [] and out.count("up to date, skipped") == 3
+    out, err = capsys.readouterr()
+    assert ran == [] and err.count("up to date, skipped") == 3  # progress: stderr
     assert {p: p.read_text() for p in before} == before
     assert "lang (en)" in out and "wrote runs/tiny/report.md" in out
     summary = json.loads(Path("runs/tiny/eval/rl/summary.json").read_text())

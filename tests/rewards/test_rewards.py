@@ -414,7 +414,8 @@ def test_resolve_reward_by_name_and_import_path(monkeypatch):
 
 def test_resolve_reward_errors_say_what_is_valid(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    with pytest.raises(UserError, match="unknown reward 'acuracy'; valid rewards: .*accuracy"):
+    guess = r"unknown reward 'acuracy' \(did you mean 'accuracy'\?\); valid rewards: .*format"
+    with pytest.raises(UserError, match=guess):
         resolve_reward("acuracy")
     with pytest.raises(UserError, match="cannot import module 'no_such_module_xyz'"):
         resolve_reward("no_such_module_xyz:fn")
@@ -428,7 +429,8 @@ def test_resolve_reward_errors_say_what_is_valid(monkeypatch):
 
 def test_check_terms_rejects_unknown_params_listing_valid_ones():
     check_terms([RewardTerm("format", params={"allow_trailing": True}), RewardTerm("overlong")])
-    with pytest.raises(UserError, match=r"'buffr' for reward 'overlong'; valid params: buffer"):
+    guess = r"'buffr' for reward 'overlong' \(did you mean 'buffer'\?\); valid params: buffer"
+    with pytest.raises(UserError, match=guess):
         check_terms([RewardTerm("overlong", params={"buffr": 10})])
     with pytest.raises(UserError, match=r"valid params: \(none\)"):
         check_terms([RewardTerm("accuracy", params={"strict": True})])

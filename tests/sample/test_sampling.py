@@ -372,10 +372,14 @@ def test_a_malformed_mix_file_names_the_file_and_line(tmp_path, lines, message, 
     [
         (
             ["filters.langauge=en"],
-            r"unknown config key 'filters.langauge'; valid keys under "
-            r"filters: style, special_token, correct, format",
+            r"unknown config key 'filters.langauge' \(did you mean 'language'\?\); valid keys "
+            r"under filters: style, special_token, correct, format",
         ),
-        (["prompt.limit=3"], r"unknown config key 'prompt'; valid keys under the config: kind"),
+        (
+            ["prompt.limit=3"],
+            r"unknown config key 'prompt' \(did you mean 'prompts' or 'max_per_prompt'\?\); "
+            r"valid keys under the config: kind",
+        ),
         (["kind=sft"], r"`kind: sft` recipe: run it with `r1lab sft`"),
         (["generation.n=0"], r"generation.n must be >= 1"),
         (["filters.language=xx"], r"filters.language: unknown value 'xx'"),

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from r1lab.cli import commands
 from r1lab.cli.parser import build_parser
+from r1lab.core import console
 from r1lab.core.errors import UserError
 from r1lab.train import dist
 
@@ -25,10 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if not dist.is_main():  # under torchrun: one rank speaks for all
-        commands.console.quiet = True
-        if hasattr(args, "quiet"):
-            args.quiet = True
+    quiet, json = getattr(args, "quiet", False), getattr(args, "json", False)
+    console.configure(quiet=quiet, json=json, silent=not dist.is_main())
     try:
         args.fn(args)
     except UserError as err:
@@ -42,4 +40,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         dist.stop()
+        console.configure()  # the flags were this command's, not the process's
     return 0

@@ -1,18 +1,20 @@
-"""What each `r1lab` command does: read its arguments, call one function, show the result."""
+"""What each `r1lab` command does: read its arguments, call one function, show the result.
+
+Everything shown goes through `core.console`: tables never cut a cell, progress is plain
+lines off a terminal, and `--json` turns each result into JSON lines on stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from r1lab.core import console
 from r1lab.core.errors import UserError
 from r1lab.train import dist
-from r1lab.train.progress import eval_table
+from r1lab.train.progress import eval_rows, eval_table
 
-console = Console()
 ZERO_RECIPE = "recipes/r1_zero_arith.yaml"
 
 
@@ -25,36 +27,53 @@ def _config(args: argparse.Namespace) -> object:
 def cmd_models(args: argparse.Namespace) -> None:
     from r1lab.core.models import list_models
 
-    table = Table("spec", "description", "cache")
-    for row in list_models():
-        table.add_row(row["spec"], row["description"], row["cache"])
-    console.print(table)
+    rows = list_models()
+
+    def render() -> object:
+        table = console.table("spec", "description", "cache")
+        for row in rows:
+            table.add_row(row["spec"], row["description"], row["cache"])
+        return table
+
+    console.result(rows, render)
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
     from r1lab.tasks import TASKS, make_task
 
     if not args.name:
-        table = Table("task", "description")
-        for name, cls in sorted(TASKS.items()):
-            table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
-        console.print(table)
-        console.print("show examples: r1lab tasks NAME [-n 3] [--option key=value]")
+        rows = [
+            {"task": name, "description": (cls.__doc__ or "").strip().splitlines()[0]}
+            for name, cls in sorted(TASKS.items())
+        ]
+
+        def render() -> object:
+            table = console.table("task", "description")
+            for row in rows:
+                table.add_row(row["task"], row["description"])
+            return table
+
+        console.result(rows, render)
+        if not console.MODE.json:
+            console.say("show examples: r1lab tasks NAME [-n 3] [--option key=value]")
         return
     options = dict(_parse_kv(o) for o in args.option or [])
     task = make_task(args.name, options)
     examples = task.examples(args.split, limit=args.n)
     if not examples:
-        raise UserError(
-            f"task {args.name!r} has no {args.split} examples with these options"
-            + (" (set its test_fraction option to hold some out)" if args.split == "test" else "")
-        )
+        from r1lab.core.advice import split_hint
+
+        hint = f" ({split_hint()})" if args.split == "test" else ""
+        raise UserError(f"task {args.name!r} has no {args.split} examples with these options{hint}")
+    console.result([asdict(ex) for ex in examples], lambda: None)
+    if console.MODE.json:
+        return
     for ex in examples:
-        console.rule(f"[bold]{ex.id}")
-        console.print(f"[bold]prompt:[/bold] {ex.prompt}")
-        console.print(f"[bold]answer:[/bold] {ex.answer}")
+        console.heading(ex.id)
+        console.say(f"prompt: {ex.prompt}")
+        console.say(f"answer: {ex.answer}")
         if ex.solution:
-            console.print(f"[bold]solution:[/bold] {ex.solution}")
+            console.say(f"solution: {ex.solution}")
 
 
 def _parse_kv(text: str) -> tuple[str, object]:
@@ -72,24 +91,45 @@ def cmd_preflight(args: argparse.Namespace) -> None:
 
     ranks = (args.nproc_per_node, args.nnodes) if args.nproc_per_node else None
     report = preflight(config, prompts=args.prompts, samples=args.samples, ranks=ranks)
+    if console.MODE.json:
+        for sample in report.samples:
+            console.emit(sample)
+        console.emit({"prompt_tokens": report.prompt_tokens, "warnings": report.warnings})
+        return
+    if report.prompts:
+        tokens = report.prompt_tokens[0]
+        console.heading(f"prompt 1 of {len(report.prompts)} as the model sees it: {tokens} tokens")
+        console.say(report.prompts[0])
     for sample in report.samples:
-        console.rule(f"[bold]{sample['id']}  answer={sample['answer']}")
-        console.print(sample["completion"], markup=False)
+        console.heading(f"{sample['id']}  answer={sample['answer']}")
+        console.say(sample["completion"])
         terms = "  ".join(f"{k}={_fmt(v)}" for k, v in sample["terms"].items())
-        console.print(
-            f"[cyan]reward {sample['reward']:.3f}[/cyan]  {terms}  "
-            f"tokens={sample['tokens']} finished={sample['finished']}"
+        console.say(
+            f"reward {sample['reward']:.3f}  {terms}  "
+            f"tokens={sample['tokens']} finished={sample['finished']}",
+            style="cyan",
         )
     if report.prompt_tokens:
-        console.print(f"prompt tokens: {report.prompt_tokens}")
+        console.say(f"prompt tokens: {report.prompt_tokens}")
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.warn(warning)
     if not report.warnings:
-        console.print("[green]no warnings[/green]")
+        console.say("no warnings", style="green")
 
 
 def _fmt(value: object) -> str:
     return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _trained(run_dir: Path, keys: tuple[str, ...]) -> None:
+    """A finished training run: its directory, then its evaluation rows."""
+    if console.MODE.json:
+        for row in eval_rows(run_dir):
+            console.emit(row)
+        console.emit({"run_dir": str(run_dir), "final": str(run_dir / "final")})
+        return
+    console.say(f"done: {run_dir}", style="green")
+    console.show(eval_table(run_dir, keys))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -97,8 +137,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from r1lab.grpo.loop import train
 
     run_dir = train(config, resume=args.resume, progress=not args.quiet)
-    console.print(f"[green]done[/green]: {run_dir}")
-    console.print(eval_table(run_dir, ("eval/pass@1", "eval/format", "eval/length")))
+    _trained(run_dir, ("eval/pass@1", "eval/format", "eval/length"))
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -109,8 +148,18 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from r1lab.sft.loop import sft
 
     run_dir = sft(config, resume=args.resume, progress=not args.quiet)
-    console.print(f"[green]done[/green]: {run_dir}")
-    console.print(eval_table(run_dir, ("eval/loss", "eval/pass@1", "eval/format")))
+    _trained(run_dir, ("eval/loss", "eval/pass@1", "eval/format"))
+
+
+def _report(path: Path, done: str) -> None:
+    """A rejection-sampling report.json: the counts as a table (or the report with --json)."""
+    import json
+
+    from r1lab.sample.run import report_table
+
+    console.result([json.loads(path.read_text())], lambda: report_table(path))
+    if not console.MODE.json:
+        console.say(done, style="green")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -118,11 +167,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from r1lab.sample.config import load_sample_config
 
     config = load_sample_config(args.config, args.set or [])  # config mistakes before the sampler
-    from r1lab.sample.run import REPORT, report_table, sample
+    from r1lab.sample.run import REPORT, sample
 
     out = sample(config, resume=args.resume, progress=not args.quiet)
-    console.print(f"[green]done[/green]: {out / 'data.jsonl'}")
-    console.print(report_table(out / REPORT))
+    _report(out / REPORT, f"done: {out / 'data.jsonl'}")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -131,10 +179,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
     config = load_distill_config(args.config, args.set or [])  # the trainer is imported later
     out = distill(config, resume=args.resume, progress=not args.quiet)
-    from r1lab.sample.run import report_table
-
-    console.print(report_table(out / TEACHER_DIR / REPORT))
-    console.print(f"[green]done[/green]: student model {out / 'student' / 'final'}")
+    _report(out / TEACHER_DIR / REPORT, f"done: student model {out / 'final'}")
 
 
 def cmd_zero(args: argparse.Namespace) -> None:
@@ -145,9 +190,15 @@ def cmd_zero(args: argparse.Namespace) -> None:
 
     config = load_config(args.config or ZERO_RECIPE, args.set or [])
     run_dir = train(config, resume="auto", progress=not args.quiet)
-    console.print(eval_table(run_dir, ("eval/pass@1", "eval/format", "eval/length")))
-    for path in dist.on_main(plot_run, run_dir):  # under torchrun: rank 0 draws
-        console.print(f"wrote {path}")
+    _trained(run_dir, ("eval/pass@1", "eval/format", "eval/length"))
+    _wrote(dist.on_main(plot_run, run_dir))  # under torchrun: rank 0 draws
+
+
+def _wrote(paths: list[Path]) -> None:
+    console.result([{"wrote": str(path)} for path in paths], lambda: None)
+    if not console.MODE.json:
+        for path in paths:
+            console.say(f"wrote {path}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -155,7 +206,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from r1lab.pipeline.config import load_pipeline
 
     pipeline = load_pipeline(args.config, args.set or [])  # every recipe checked before running
-    from r1lab.pipeline.report import score_table
+    from r1lab.pipeline.report import score_rows, score_table
     from r1lab.pipeline.run import run_pipeline
 
     done = run_pipeline(
@@ -163,20 +214,20 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         only=args.only,
         rerun_from=args.rerun_from,
-        log=lambda message: console.print(message, markup=False),
+        log=console.log,
     )
     if done.report is None:
-        console.print(f"[green]done[/green]: {pipeline.stage(args.only).out}")
+        out = pipeline.stage(args.only).out
+        console.result([{"stage": args.only, "out": str(out)}], lambda: f"done: {out}")
         return
-    console.print(score_table(pipeline, done.scores))
-    console.print(f"wrote {done.report}")
+    console.result(score_rows(done.scores), lambda: score_table(pipeline, done.scores))
+    _wrote([done.report])
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from r1lab.train.plots import plot_run
 
-    for path in plot_run(Path(args.run)):
-        console.print(f"wrote {path}")
+    _wrote(plot_run(Path(args.run)))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -184,6 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.compare:
         _compare(args)
         return
+    from r1lab.core.models import DEFAULT_MODEL, check_spec
     from r1lab.eval.protocol import Runtime
 
     given = {name: getattr(args, name) for name in _EVAL_SETTINGS}
@@ -202,12 +254,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from r1lab.eval.curves import CURVE_PNG, curve_table, evaluate_run
 
         curve = evaluate_run(args.run, given, args.limit, runtime)
-        console.print(curve_table(curve))
-        console.print(f"wrote {Path(args.run) / 'eval' / CURVE_PNG} and .json")
+        console.result([curve], lambda: curve_table(curve))
+        _wrote([Path(args.run) / "eval" / CURVE_PNG])
         return
     if not args.task:
         raise UserError("--task is required, e.g. --task arith (list them with `r1lab tasks`)")
-    from r1lab.core.models import DEFAULT_MODEL
+    check_spec(args.model or DEFAULT_MODEL)  # a wrong path fails in a moment, writing nothing
     from r1lab.eval.report import summary_table
     from r1lab.eval.run import run_eval
     from r1lab.eval.store import make_settings
@@ -215,8 +267,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     fields = {key: value for key, value in given.items() if value is not None}
     settings, notes = make_settings(args.model or DEFAULT_MODEL, fields.pop("task"), **fields)
     summary = run_eval(settings, args.out, args.limit, runtime, notes)
-    console.print(summary_table(summary))
-    console.print(f"wrote {summary['out_dir']}/results.jsonl and summary.json")
+    console.result([summary], lambda: summary_table(summary))
+    if not console.MODE.json:
+        console.say(f"wrote {summary['out_dir']}/results.jsonl and summary.json")
 
 
 # `r1lab eval` flags that are evaluation settings (`eval.store.EvalSettings` fields); a flag
@@ -236,21 +289,31 @@ _EVAL_SETTINGS = (
     "stop",
     "style",
     "special_token",
+    "split",
 )
 
 
 def _compare(args: argparse.Namespace) -> None:
+    from r1lab.core.advice import incomparable
     from r1lab.eval import report
 
     if args.run or args.task or args.model or args.out:
         raise UserError("--compare takes eval directories only (plus --plot-out)")
     summaries = [report.load_summary(d) for d in args.compare]
     labels = report.labels_for(args.compare)
-    console.print(report.compare_table(summaries, labels))
-    for note in report.compare_notes(summaries):
-        console.print(f"[yellow]note:[/yellow] {note}")
+    notes = report.compare_notes(summaries)
     plot = Path(args.plot_out or Path(args.compare[0]).resolve().parent / "compare.png")
-    console.print(f"wrote {report.plot_compare(summaries, labels, plot)}")
+    report.plot_compare(summaries, labels, plot)
+    rows = [{"label": name, **summary} for name, summary in zip(labels, summaries, strict=True)]
+    console.result(rows, lambda: report.compare_table(summaries, labels))
+    if console.MODE.json:
+        mismatches = incomparable(summaries)
+        console.emit({"incomparable": mismatches, "notes": notes, "plot": str(plot)})
+        return
+    for note in notes:
+        console.say(f"note: {note}", style="yellow")
+    console.say(f"wrote {plot}")
+
 
 
 def _serve_config(args: argparse.Namespace, **extra: object) -> object:

@@ -72,8 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config key, e.g. --set grpo.group_size=4 (repeatable)",
         )
 
-    add("models", cmd_models, "list built-in model specs and what is cached")
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--json", action="store_true", help="JSON lines on stdout instead of tables"
+        )
+
+    def output_flags(p: argparse.ArgumentParser, quiet_help: str) -> None:
+        """--quiet and --json: what a script running the command wants."""
+        p.add_argument("--quiet", action="store_true", help=quiet_help)
+        json_flag(p)
+
+    steps = "no per-step progress lines (warnings and the result still show)"
+    json_flag(add("models", cmd_models, "list built-in model specs and what is cached"))
     p = add("tasks", cmd_tasks, "list tasks, or show examples of one")
+    json_flag(p)
     p.add_argument("name", nargs="?", help="task name or jsonl:PATH")
     p.add_argument("-n", type=_at_least_one, default=3, help="examples to show")
     p.add_argument("--split", default="train", choices=["train", "test"])
@@ -89,12 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "per machine (default: this launch's)",
     )
     p.add_argument("--nnodes", type=_at_least_one, default=1, help="machines of that launch")
+    json_flag(p)
 
     def resumable(p: argparse.ArgumentParser, resume_help: str) -> None:
-        """A recipe-running command: config, --set, --resume, --quiet."""
+        """A recipe-running command: config, --set, --resume, --quiet, --json."""
         with_config(p)
         p.add_argument("--resume", action="store_true", help=resume_help)
-        p.add_argument("--quiet", action="store_true", help="no live progress display")
+        output_flags(p, steps)
 
     newest = "continue from the newest checkpoint"
     resumable(add("train", cmd_train, "train with GRPO from a recipe"), newest)
@@ -106,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     resumable(add("distill", cmd_distill, distill_help), "continue where it stopped")
     p = add("zero", cmd_zero, f"R1-Zero: GRPO on the built-in model ({ZERO_RECIPE})")
     with_config(p, required=False)
-    p.add_argument("--quiet", action="store_true")
+    output_flags(p, steps)
     p = add("pipeline", cmd_pipeline, "run the R1 stages of a `kind: pipeline` YAML, then evaluate")
     p.add_argument("config", help="pipeline YAML, e.g. recipes/r1_mini.yaml")
     p.add_argument(
@@ -119,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="rerun_from", metavar="STAGE", help="re-run STAGE and all later stages"
     )
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
-    p = add("plot", cmd_plot, "write PNG figures of a run (reward, accuracy, length, reflection)")
+    output_flags(p, steps)
+    p = add("plot", cmd_plot, "write PNG figures of a run: rewards, GRPO health, length, loss")
     p.add_argument("run", help="run directory, e.g. runs/r1_zero_arith")
+    json_flag(p)
     p = add("eval", cmd_eval, "pass@1 over k samples, cons@k, pass@k on a task's test split")
     p.add_argument(
         "--model",
@@ -163,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency", type=_at_least_one, default=8, help="requests at once to an endpoint"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--split", choices=["train", "test"], help="the task's split to evaluate (default test)"
+    )
+    output_flags(p, "no progress lines")
     p.add_argument("--compare", nargs="+", metavar="DIR", help="compare eval directories")
     p.add_argument("--plot-out", help="PNG path for --compare (default next to the first DIR)")
     p.add_argument("--run", help="evaluate every checkpoint of a run directory")

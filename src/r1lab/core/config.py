@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from r1lab.core.errors import UserError
+from r1lab.core.errors import UserError, did_you_mean
 
 
 def at_least(key: str, value: int, low: int) -> None:
@@ -118,7 +118,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise UserError(
-                f"unknown config key {dotted!r}; valid keys under {where}: {', '.join(names)}"
+                f"unknown config key {dotted!r}{did_you_mean(key, names)}; valid keys under "
+                f"{where}: {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], dotted)
     try:

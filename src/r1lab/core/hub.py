@@ -16,6 +16,11 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def hub_offline() -> bool:
+    """Whether the user put the Hugging Face libraries in offline mode (`HF_HUB_OFFLINE`)."""
+    return _env_true("HF_HUB_OFFLINE")
+
+
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the hub cannot be reached, or None when it may be; a quick TCP probe.
 

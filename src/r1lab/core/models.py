@@ -23,8 +23,8 @@ from typing import Any
 
 from r1lab.core.config import choice
 from r1lab.core.errors import UserError, unknown_name
-from r1lab.core.gguf import BUILTINS, builtin_dir, cache_dir, gguf_dir
-from r1lab.core.hub import hub_unreachable
+from r1lab.core.gguf import BUILTINS, builtin_dir, builtin_gguf, cache_dir, gguf_dir
+from r1lab.core.hub import hub_offline, hub_unreachable
 from r1lab.core.lora import LoraConfig, adapter_base, is_adapter_dir, load_merged
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -188,10 +188,36 @@ def resolve_dir(spec: str) -> str:
     return _hub_source(spec)
 
 
+def check_spec(spec: str) -> None:
+    """Fail at once on a spec that cannot load, loading nothing: an unknown built-in or tiny
+    name, a missing file or directory, a hub id neither reachable nor cached, a malformed
+    endpoint spec (a well-formed one is asked nothing: it may not be up yet).
+
+    Commands call it before they write a file or import the model libraries, so a typo in a
+    path costs a fraction of a second and leaves nothing behind.
+    """
+    if endpoint_parts(spec):
+        return
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise unknown_name("built-in model", name, BUILTINS)
+        if not (cache_dir() / "models" / name / "config.json").exists():
+            builtin_gguf(name)  # the wheel that holds it is installed
+    elif spec.startswith("tiny:"):
+        if spec.split(":", 1)[1] not in TINY_ARCHS:
+            raise unknown_name("tiny architecture", spec.split(":", 1)[1], TINY_ARCHS)
+    elif spec.endswith(".gguf"):
+        if not Path(spec).expanduser().is_file():
+            raise UserError(f"GGUF file not found: {spec}")
+    else:
+        resolve_dir(spec)
+
+
 def _hub_source(spec: str) -> str:
     """A hub id, or its cached snapshot when the hub cannot be reached (checked in a fraction
     of a second, instead of transformers' retries for most of a minute)."""
-    reason = hub_unreachable()
+    reason = "HF_HUB_OFFLINE is set" if hub_offline() else hub_unreachable()
     if reason is None:
         return spec
     from huggingface_hub import try_to_load_from_cache
@@ -231,9 +257,11 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
 
 
 def _hub_error(spec: str, err: Exception) -> UserError:
+    """One line: the first line of transformers' message (its offline advice runs to three)."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(". ")
     return UserError(
-        f"could not load model {spec!r}: {err}. Without access to the Hugging Face hub, use a "
-        f"local directory, a .gguf file, or the built-in model {DEFAULT_MODEL!r}"
+        f"could not load model {spec!r}: {first}. Without access to the Hugging Face hub, use "
+        f"a local directory, a .gguf file, or the built-in model {DEFAULT_MODEL!r}"
     )
 
 

@@ -15,14 +15,16 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from r1lab.core import console
 from r1lab.core.checkpoint import list_checkpoints
 from r1lab.core.config import load_yaml
 from r1lab.core.errors import UserError
 from r1lab.eval.protocol import Runtime
-from r1lab.eval.report import label, load_summary, pyplot
+from r1lab.eval.report import label, load_summary
 from r1lab.eval.run import run_eval
 from r1lab.eval.store import SUMMARY, make_settings
 from r1lab.rewards import RewardTerm, output_format
+from r1lab.train.plots import pyplot
 
 CURVE_PNG, CURVE_JSON = "accuracy_vs_step.png", "accuracy_vs_step.json"
 _SAME_RUN_IGNORES = {"model", "limit"}
@@ -169,7 +171,7 @@ def plot_curve(curve: dict[str, Any], out: Path) -> Path:
 def curve_table(curve: dict[str, Any]) -> Table:
     """The curve as a console table: one row per evaluated checkpoint."""
     k = curve["k"]
-    table = Table(
+    table = console.table(
         "step",
         "checkpoint",
         "pass@1",

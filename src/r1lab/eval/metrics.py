@@ -117,14 +117,14 @@ def problem_scores(rows: Sequence[Row]) -> dict[str, float]:
 
 
 def summarize(records: Sequence[Row]) -> dict[str, float]:
-    """pass@1 (mean correctness over samples, then problems), cons@k, format rate, length."""
+    """pass@1 (mean correctness over samples, then problems), cons@k, format rate, length,
+    and the share of samples cut at the token limit."""
+    keys = ("pass@1", "cons@k", "format", "length", "truncated")
     scores = [problem_scores(rows) for rows in group_by_problem(records).values()]
     n = len(scores)
     if not n:
-        return {"pass@1": 0.0, "cons@k": 0.0, "format": 0.0, "length": 0.0, "problems": 0}
-    out: dict[str, float] = {
-        key: sum(s[key] for s in scores) / n for key in ("pass@1", "cons@k", "format", "length")
-    }
+        return {**dict.fromkeys(keys, 0.0), "problems": 0}
+    out: dict[str, float] = {key: sum(s[key] for s in scores) / n for key in keys}
     out["problems"] = n
     return out
 

@@ -17,8 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from r1lab.core import advice, console
 from r1lab.core.errors import UserError
 from r1lab.eval.store import SUMMARY
+from r1lab.train.plots import pyplot
 
 
 def label(key: str, k: int) -> str:
@@ -50,13 +52,15 @@ def summary_table(summary: dict[str, Any]) -> Group:
     does not fold the narrow table's title over several lines.
     """
     s = summary["settings"]
-    title = f"{s['model']} on {s['task']} [{s['template']}]: {summary['problems']} problems, "
-    title += decoding(summary)
-    table = Table("metric", "value", "95% CI")
+    split = "" if s.get("split", "test") == "test" else f" ({s['split']} split)"
+    title = f"{s['model']} on {s['task']}{split} [{s['template']}]: {summary['problems']} "
+    title += f"problems, {decoding(summary)}, max {s['max_new_tokens']} new tokens"
+    table = console.table("metric", "value", "95% CI")
     for key, value in summary["metrics"].items():
         table.add_row(label(key, summary["k"]), _value(key, value), _ci(summary, key))
     parts: list[Any] = [Text(title, style="bold"), table]
     parts += [Text(f"note: {note}", style="yellow") for note in summary.get("notes", [])]
+    parts += [Text(f"warning: {text}", style="red") for text in summary.get("warnings", [])]
     return Group(*parts)
 
 
@@ -85,8 +89,9 @@ def labels_for(dirs: Sequence[str | Path]) -> list[str]:
 
 
 def compare_notes(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """Settings (other than the model) that differ: numbers made differently may not compare."""
-    keys = sorted({key for s in summaries for key in s["settings"]} - {"model"})
+    """Settings (other than the model, and the sampling settings `advice.incomparable`
+    names) that differ: numbers made differently may not compare."""
+    keys = sorted({key for s in summaries for key in s["settings"]} - {"model", *advice.COMPARED})
     notes = []
     for key in keys:
         values = [s["settings"].get(key) for s in summaries]
@@ -96,16 +101,28 @@ def compare_notes(summaries: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def compare_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str]) -> Table:
-    """Evaluations side by side: settings rows first, then each metric with its CI."""
-    table = Table("", *map(escape, labels), title="r1lab eval comparison")
-    for name, get in (
-        ("model", lambda s: s["settings"]["model"]),
-        ("task", lambda s: s["settings"]["task"]),
-        ("template", lambda s: s["settings"]["template"]),
-        ("decoding", decoding),
-        ("problems", lambda s: str(s["problems"])),
+    """Evaluations side by side: settings rows first, then each metric with its CI.
+
+    A sampling setting that differs between the columns (`advice.incomparable`) is marked on
+    its row and named under the table: such numbers were not measured alike.
+    """
+    mismatches = advice.incomparable(summaries)
+    caption = f"not measured alike: {'; '.join(mismatches)}" if mismatches else None
+    table = console.table("", *map(escape, labels), title="r1lab eval comparison")
+    table.caption, table.caption_style = caption, "bold red"
+    differs = {m.split()[0] for m in mismatches}
+    for name, keys, get in (
+        ("model", (), lambda s: s["settings"]["model"]),
+        ("task", (), lambda s: s["settings"]["task"]),
+        ("template", (), lambda s: s["settings"]["template"]),
+        ("decoding", ("k", "temperature", "top_p"), decoding),
+        ("max new tokens", ("max_new_tokens",), lambda s: str(s["settings"]["max_new_tokens"])),
+        ("split", ("split",), lambda s: s["settings"].get("split", "test")),
+        ("problems", ("problems",), lambda s: str(s["problems"])),
     ):
-        table.add_row(name, *[escape(get(s)) for s in summaries])
+        marked = bool(differs & set(keys))
+        cells = [escape(get(s)) for s in summaries]
+        table.add_row(f"{name} ≠" if marked else name, *cells, style="red" if marked else None)
     keys: list[str] = []
     for summary in summaries:
         keys += [key for key in summary["metrics"] if key not in keys]
@@ -118,16 +135,6 @@ def compare_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str]) ->
     return table
 
 
-def pyplot() -> Any:
-    """matplotlib's pyplot on the file-only backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _err(summary: dict[str, Any], key: str) -> tuple[float, float]:
     """Distances from the value to the CI ends, as matplotlib's asymmetric error bars want."""
     value = summary["metrics"][key]
@@ -136,24 +143,73 @@ def _err(summary: dict[str, Any], key: str) -> tuple[float, float]:
 
 
 def plot_compare(summaries: Sequence[dict[str, Any]], labels: Sequence[str], out: Path) -> Path:
-    """A grouped bar chart of pass@1 and cons@k per evaluation, with 95% CI error bars."""
+    """`compare_figure` written to `out` (a PNG)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(summaries) + 2), 4.2))
-    width = 0.38
-    for offset, key, name in ((-width / 2, "pass@1", "pass@1"), (width / 2, "cons@k", "cons@k")):
-        xs = [i + offset for i in range(len(summaries))]
-        values = [s["metrics"][key] for s in summaries]
-        errs = list(zip(*[_err(s, key) for s in summaries], strict=True))
-        ax.bar(xs, values, width, yerr=errs, capsize=4, label=name)
-    ax.set_xticks(range(len(summaries)))
-    ax.set_xticklabels(labels, rotation=15 if len(summaries) > 3 else 0, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (95% bootstrap CI)")
-    ax.set_title("r1lab eval comparison")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig = compare_figure(summaries, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=150)
     plt.close(fig)
     return out
+
+
+def compare_figure(summaries: Sequence[dict[str, Any]], labels: Sequence[str]) -> Any:
+    """A grouped bar chart of pass@1 and cons@k per evaluation, with 95% CI error bars.
+
+    Every bar carries its value (a 0.000 bar is a labelled line, not a gap); the settings
+    the numbers were measured with are under the title, and settings that differ between the
+    evaluations (`advice.incomparable`) are named in red on the figure and under each label.
+    """
+    plt = pyplot()
+    mismatches = advice.incomparable(summaries)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.7 * len(summaries) + 2), 4.8))
+    ks = {s["k"] for s in summaries}
+    cons = f"cons@{ks.pop()}" if len(ks) == 1 else "cons@k"
+    _bars(ax, summaries, (("pass@1", "pass@1"), ("cons@k", cons)))
+    ticks = list(labels)
+    if mismatches:
+        ticks = [f"{name}\n{_setting_tag(s)}" for name, s in zip(labels, summaries, strict=True)]
+    slanted = len(summaries) > 3
+    ax.set_xticks(range(len(summaries)))
+    ax.set_xticklabels(ticks, rotation=15 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_ylim(-0.02, 1.12)  # a bar at 0 shows as a line above the frame
+    ax.set_ylabel("accuracy (95% bootstrap CI)")
+    fig.suptitle(f"r1lab eval comparison: pass@1 and {cons}", fontsize=12)
+    subtitle = _common_settings(summaries, mismatches)
+    ax.set_title(subtitle, fontsize=9, color="firebrick" if mismatches else "dimgray")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _bars(ax: Any, summaries: Sequence[dict[str, Any]], series: Sequence[tuple[str, str]]) -> None:
+    """One bar per (evaluation, metric), side by side, each with its CI and its value."""
+    width = 0.8 / len(series)
+    for index, (key, name) in enumerate(series):
+        xs = [i + (index - (len(series) - 1) / 2) * width for i in range(len(summaries))]
+        values = [s["metrics"][key] for s in summaries]
+        errs = list(zip(*[_err(s, key) for s in summaries], strict=True))
+        bars = ax.bar(xs, values, width, yerr=errs, capsize=4, label=name, edgecolor="black")
+        color = bars[0].get_facecolor()
+        for x, value, high in zip(xs, values, errs[1], strict=True):
+            ax.hlines(value, x - width / 2, x + width / 2, colors=[color], linewidth=2.5)
+            ax.text(x, value + high + 0.015, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
+
+
+def _setting_tag(summary: dict[str, Any]) -> str:
+    """The sampling settings of one bar pair, for its tick label."""
+    s = summary["settings"]
+    return f"k={s['k']}, {s['max_new_tokens']} tok, T {s['temperature']:g}"
+
+
+def _common_settings(summaries: Sequence[dict[str, Any]], mismatches: Sequence[str]) -> str:
+    """The task and the sampling settings, in words, for the subtitle; when they differ
+    between the evaluations, which ones do instead."""
+    first, s = summaries[0], summaries[0]["settings"]
+    task = f"{s['task']} {s.get('split', 'test')} split"
+    if mismatches:
+        return f"{task}\nnot measured alike: {'; '.join(mismatches)}"
+    return (
+        f"{task}, {first['problems']} problems, {decoding(first)}, "
+        f"max {s['max_new_tokens']} new tokens"
+    )

@@ -23,7 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from r1lab.core import advice
+from r1lab.core.console import counting
 from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.models import check_spec
 from r1lab.core.runfiles import append_rows, check_out_dir, write_atomic
 from r1lab.core.types import Example
 from r1lab.eval.metrics import LEVEL, RESAMPLES, Row, eval_metrics
@@ -31,7 +34,6 @@ from r1lab.eval.protocol import Runtime
 from r1lab.eval.store import (
     RESPONSES,
     RESULTS,
-    SPLIT,
     SUMMARY,
     EvalSettings,
     check_settings,
@@ -125,10 +127,13 @@ def run_eval(
     check_out_dir(out, "--out")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be >= 1, got {limit}")
-    task = make_task(settings.task, settings.task_options)  # bad names fail before model loading
+    # every mistake a user can make is reported before settings.json is written, so the
+    # corrected command is not refused as "other settings"
+    task = make_task(settings.task, settings.task_options)
     check_template(settings.template)
     if settings.engine not in ENGINES:
         raise unknown_name("rollout engine", settings.engine, ENGINES)
+    check_spec(settings.model)
     notes = list(notes)
     problems = checkable_problems(task, settings, limit, notes)
     dist.on_main(check_settings, out, settings)
@@ -144,15 +149,33 @@ def run_eval(
         sample_problems(settings, task, todo, shots, out / RESULTS, runtime)
         finished = dist.on_main(load_finished, out, settings.k)
     summary = build_summary(settings, [finished[p.id] for p in problems], notes, limit, out)
+    summary["warnings"] = eval_warnings(summary, limit)
     dist.on_main(write_atomic, out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def eval_warnings(summary: dict[str, Any], limit: int | None) -> list[str]:
+    """What makes an evaluation's numbers hard to read: many truncated samples, a tiny split."""
+    settings, found = summary["settings"], []
+    cut = advice.truncation(
+        summary["metrics"]["truncated"], f"max_new_tokens={settings['max_new_tokens']}", "samples"
+    )
+    if cut:
+        found.append(cut)
+    problems = summary["problems"]
+    if limit is None or problems < limit:
+        small = advice.test_split(problems, advice.TINY_SPLIT, "this evaluation")
+        if small:
+            found.append(small)
+    return found
 
 
 def checkable_problems(
     task: Task, settings: EvalSettings, limit: int | None, notes: list[str]
 ) -> list[Example]:
     """The split's first `limit` problems a rule can check; general prompts are noted, left out."""
-    listed = task.examples(SPLIT, limit=limit)
+    split = settings.split
+    listed = task.examples(split, limit=limit)
     problems = [p for p in listed if p.checkable]
     if len(problems) < len(listed):
         notes.append(
@@ -160,9 +183,12 @@ def checkable_problems(
             "pass@1 is over the other problems"
         )
     if not problems:
-        raise UserError(f"task {settings.task!r} has no checkable {SPLIT} problems to evaluate")
+        hint = f"; {advice.split_hint()}" if split == "test" else ""
+        raise UserError(
+            f"task {settings.task!r} has no checkable {split} problems to evaluate{hint}"
+        )
     if len({p.id for p in problems}) != len(problems):
-        raise UserError(f"task {settings.task!r} has duplicate problem ids in its {SPLIT} split")
+        raise UserError(f"task {settings.task!r} has duplicate problem ids in its {split} split")
     return problems
 
 
@@ -184,9 +210,6 @@ def sample_problems(
     rejection sampling (`r1lab.sample`, `label="sample"`), so a sample means the same in
     both: same seed per (seed, problem id), same grader, same rows.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     engine, tokenizer = _engine(settings, todo, shots, runtime, path.parent / RESPONSES)
     params = SamplingParams(
         n=settings.k,
@@ -195,12 +218,8 @@ def sample_problems(
         top_p=settings.top_p,
         stop=settings.stop,
     )
-    columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    shown = runtime.progress and dist.is_main()
-    bar = Progress(*columns, console=Console(stderr=True), disable=not shown)
     round_size = runtime.batch_size * dist.world_size()
-    with bar:
-        job = bar.add_task(label, total=len(todo))
+    with counting(label, len(todo), runtime.progress) as advance:
         for start in range(0, len(todo), round_size):
             batch = todo[start : start + round_size]
             rows = sample_and_grade_shared(
@@ -216,7 +235,7 @@ def sample_problems(
             )
             if dist.is_main():
                 append_rows(path, rows)
-            bar.advance(job, len(batch))
+            advance(len(batch))
 
 
 def _engine(

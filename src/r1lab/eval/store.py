@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from r1lab.core.config import choice
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.models import endpoint_parts
 from r1lab.core.runfiles import jsonl_text, read_jsonl, write_atomic
@@ -26,6 +27,7 @@ from r1lab.text.templates import SHOT_STYLES
 RESULTS, SUMMARY, SETTINGS = "results.jsonl", "summary.json", "settings.json"
 RESPONSES = "responses.jsonl"  # an endpoint model's answers, cached for a resume
 SPLIT = "test"
+SPLITS = ("train", "test")
 _ADDED_LATER = {"style": "think", "special_token": SPECIAL_TOKEN}
 _UNSET = object()
 
@@ -101,6 +103,7 @@ def make_settings(model: str, task: str, **kwargs: Any) -> tuple[EvalSettings, l
     if settings.shot_style not in SHOT_STYLES:
         raise unknown_name("shot style", settings.shot_style, SHOT_STYLES)
     check_style(settings.style, settings.special_token)
+    choice("split", settings.split, SPLITS)
     return settings, notes
 
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from r1lab.core import advice
 from r1lab.core.checkpoint import checkpoint_to_resume, load_state
+from r1lab.core.console import warn
 from r1lab.core.errors import UserError
 from r1lab.core.lora import base_view
 from r1lab.core.memory import DiskBackedWeights, between_phases, configure_allocator, supported
@@ -97,6 +99,13 @@ def stats(row: dict[str, Any]) -> str:
     )
 
 
+def limits(config: Config) -> dict[str, str]:
+    """The run's generation limits as a user sets them, for `advice.RunWatch`'s warnings."""
+    train = f"generation.max_new_tokens={config.generation.max_new_tokens}"
+    held_out = config.eval.max_new_tokens
+    return {"train": train, "eval": f"eval.max_new_tokens={held_out}" if held_out else train}
+
+
 class GRPOJob:
     """The GRPO trainer as a `train.loop.Job`: everything a step needs, built once."""
 
@@ -111,6 +120,10 @@ class GRPOJob:
         # pass@1 is over problems a rule can check: general prompts are left out of evaluation.
         checkable = [ex for ex in self.task.examples("test") if ex.checkable]
         self.test_examples = checkable[: config.eval.size]
+        self.watch = advice.RunWatch(limits(config))
+        small = advice.test_split(len(checkable), config.eval.size, "held-out evaluation")
+        if small:
+            warn(small)
         template = config.template
         self.shots = pick_shots(self.task, train_examples, template.shots, template.shot_style)
         model, adapter, self.tokenizer = load_trainable(config.model, checkpoint)
@@ -185,7 +198,10 @@ class GRPOJob:
         if config.train.sample_every and step % config.train.sample_every == 0:
             for row in sample_rows(step, rollout):
                 self.samples.write(row)
-        return {**step_row(rollout, update, self.task, self.terms), "lr": lr}, update.ok
+        row = {**step_row(rollout, update, self.task, self.terms), "lr": lr}
+        for message in self.watch.observe(row):
+            warn(f"step {step}: {message}")
+        return row, update.ok
 
     def _update(self, groups: list, rewards: list[float]) -> UpdateStats:
         """The policy update on this step's groups (none kept: nothing to update)."""
@@ -244,7 +260,10 @@ class GRPOJob:
             self.shots,
             output_format(self.terms),
         )
-        return {f"eval/{k}": v for k, v in summarize(records).items()}
+        row = {f"eval/{k}": v for k, v in summarize(records).items()}
+        for message in self.watch.observe(row):
+            warn(f"evaluation at step {step}: {message}")
+        return row
 
     def state(self) -> dict[str, Any]:
         state = {

@@ -1,8 +1,10 @@
 """Preflight: look at what a run will see before spending an hour on it.
 
-Renders prompts, samples a few completions, scores each with every reward term, and warns
-about the traps users of GRPO trainers hit most: a template that prefills `<think>`, a reward
-that is constant across samples (no learning signal at all), gold answers that do not parse,
+Renders prompts (shown as the model sees them), samples a few completions, scores each with
+every reward term, and warns about the traps users of GRPO trainers hit most, in the words
+training itself would use (`core.advice`): a template that prefills `<think>`, a reward that
+is constant across samples or groups (no learning signal at all), samples cut at the token
+limit, an empty or tiny test split (no held-out evaluation), gold answers that do not parse,
 and prompts longer than the limit; and, for a torchrun launch, the distributed settings
 (`distributed_problems`: whole groups per rank, one device per rank, a backend for it).
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from r1lab.core import advice
 from r1lab.core.errors import UserError
 from r1lab.core.models import load_model
 from r1lab.core.types import Example
@@ -30,6 +33,7 @@ from r1lab.train import dist
 class PreflightReport:
     samples: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # rendered, as the model sees them
     prompt_tokens: list[int] = field(default_factory=list)
 
 
@@ -67,11 +71,13 @@ def preflight(
     if not examples:
         report.warnings.append("the training split is empty")
         return report
+    check_test_split(config, task, report)
     shots = pick_shots(task, examples, config.template.shots, config.template.shot_style)
     shown = {shot.id for shot in shots}
     chosen = [ex for ex in examples if ex.id not in shown][:prompts] or examples[:prompts]
     model, tokenizer = load_model(config.model.spec, config.model.dtype)
     rendered = render_all(config.template.name, chosen, tokenizer, shots)
+    report.prompts = [prompt.text for prompt in rendered]
     check_prompts(config, rendered, tokenizer, report)
     engine = make_engine(
         config.generation.engine,
@@ -86,6 +92,14 @@ def preflight(
     report.samples = sample_records(chosen, rendered, groups, rewards, terms)
     check_samples(config, report, rewards, terms)
     return report
+
+
+def check_test_split(config: Config, task: Any, report: PreflightReport) -> None:
+    """Warn when the held-out evaluation would be skipped (no test problems) or too coarse."""
+    count = sum(ex.checkable for ex in task.examples("test"))
+    small = advice.test_split(count, config.eval.size, "held-out evaluation")
+    if small:
+        report.warnings.append(small)
 
 
 def check_prompts(
@@ -152,9 +166,19 @@ def check_samples(
             )
     if len(set(rewards)) == 1:
         report.warnings.append("the total reward is constant: GRPO advantages would all be 0")
+    else:
+        groups: dict[str, set[float]] = {}
+        for sample, reward in zip(report.samples, rewards, strict=True):
+            groups.setdefault(sample["id"], set()).add(reward)
+        if len(groups) > 1 and all(len(values) == 1 for values in groups.values()):
+            report.warnings.append(advice.no_signal())
     truncated = sum(not s["finished"] for s in report.samples)
-    if truncated:
+    limit = f"generation.max_new_tokens={config.generation.max_new_tokens}"
+    share = truncated / max(1, len(report.samples))
+    cut = advice.truncation(share, limit, f"the samples ({truncated}/{len(report.samples)})")
+    if cut:
+        report.warnings.append(cut)
+    elif truncated:
         report.warnings.append(
-            f"{truncated}/{len(report.samples)} samples hit generation.max_new_tokens="
-            f"{config.generation.max_new_tokens} without finishing"
+            f"{truncated}/{len(report.samples)} samples hit {limit} without finishing"
         )

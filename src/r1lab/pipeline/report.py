@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
+from r1lab.core import console
 from r1lab.eval.protocol import Runtime
 from r1lab.eval.report import decoding, plot_compare
 from r1lab.eval.run import run_eval
@@ -82,6 +83,7 @@ def evaluate_models(
         out = pipeline.root / "eval" / model.label
         version = done[model.stage].lineage["hash"] if model.stage else model.spec
         _start_over_if_stale(out, model.spec, version)
+        console.log(f"evaluating {model.label} ({model.spec}) -> {out}")
         settings, notes = make_settings(
             model.spec,
             task.name,
@@ -99,6 +101,8 @@ def evaluate_models(
             special_token=ev.special_token,
         )
         summary = run_eval(settings, out, ev.limit, runtime, notes)
+        for warning in summary.get("warnings", []):
+            console.warn(f"{model.label}: {warning}")
         consistency = language_consistency(out / "results.jsonl", ids, ev.language)
         scores.append(ModelScore(model, summary, consistency))
     return scores
@@ -134,10 +138,25 @@ def _setting_line(pipeline: Pipeline, scores: list[ModelScore]) -> str:
     )
 
 
+def score_rows(scores: list[ModelScore]) -> list[dict[str, Any]]:
+    """The scores as plain records (`--json`): one per model, the pipeline's order."""
+    return [
+        {
+            "model": score.model.label,
+            "spec": score.model.spec,
+            "metrics": score.summary["metrics"],
+            "ci95": score.summary["ci95"],
+            "language": score.language,
+            "eval_dir": score.summary["out_dir"],
+        }
+        for score in scores
+    ]
+
+
 def score_table(pipeline: Pipeline, scores: list[ModelScore]) -> Table:
     """The console table: one row per model, the pipeline's order."""
     title = f"{pipeline.config.name}: {_setting_line(pipeline, scores)}" if scores else None
-    table = Table(*_headers(pipeline, scores), title=title)
+    table = console.table(*_headers(pipeline, scores), title=title)
     for score in scores:
         table.add_row(score.model.label, *_cells(score))
     return table

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.errors import UserError, did_you_mean, unknown_name
 from r1lab.core.types import Example
 from r1lab.text.formats import SPECIAL_TOKEN, THINK, OutputFormat
 
@@ -193,7 +193,8 @@ def _check_params(name: str, fn: RewardFn, params: dict[str, Any]) -> None:
     unknown = sorted(k for k in params if k not in valid)
     if unknown and not takes_any:
         raise UserError(
-            f"unknown param(s) {', '.join(map(repr, unknown))} for reward {name!r}; "
+            f"unknown param(s) {', '.join(map(repr, unknown))} for reward {name!r}"
+            f"{did_you_mean(unknown[0], valid)}; "
             f"valid params: {', '.join(valid) or '(none)'}"
         )
     try:

@@ -27,19 +27,17 @@ behind an endpoint keeps its answers in `responses.jsonl` (the judge's in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from r1lab import __version__
+from r1lab.core import console
 from r1lab.core.errors import UserError, unknown_name
 from r1lab.core.models import load_tokenizer
 from r1lab.core.runfiles import append_rows, check_out_dir, jsonl_text, read_jsonl, write_atomic
@@ -245,7 +243,7 @@ def judge_drawn(
             cache=path.parent / JUDGE_RESPONSES,
         )
         style, token = config.filters.style, config.filters.special_token
-        with progress_bar("judge", len(by_prompt), progress) as advance:
+        with console.counting("judge", len(by_prompt), progress) as advance:
             for group in by_prompt.values():
                 found = model.verdicts(
                     [judge_inputs(d.example, d.text, d.row["answer"], style, token) for d in group]
@@ -256,7 +254,7 @@ def judge_drawn(
                 ]
                 append_rows(path, rows)
                 cache.update({d.key: v for d, v in zip(group, found, strict=True)})
-                advance()
+                advance(1)
     return {d.key: cache[d.key] for d in needed}
 
 
@@ -271,20 +269,11 @@ def read_cache(path: Path) -> dict[tuple[str, int], Verdict]:
     return {(r["id"], r["sample"]): Verdict(r["correct"], r["text"]) for r in rows}
 
 
-@contextmanager
-def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A rich bar on stderr (nothing when not `enabled`); yields the function that advances it."""
-    columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as shown:
-        job = shown.add_task(label, total=total)
-        yield lambda: shown.advance(job)
-
-
 # --------------------------------------------------------------------------- files
 def report_table(path: Path) -> Table:
     """A report.json as a table: drawn, correct, each filter's drops, kept, mixed."""
     report = json.loads(Path(path).read_text())
-    table = Table("samples", "count")
+    table = console.table("samples", "count")
     for key in ("prompts", "samples", "correct", "judged"):
         table.add_row(key, str(report[key]))
     for reason, count in report["dropped"].items():

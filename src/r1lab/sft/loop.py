@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r1lab.core import advice
 from r1lab.core.checkpoint import checkpoint_to_resume, load_state
+from r1lab.core.console import warn
 from r1lab.core.errors import UserError
 from r1lab.core.models import compute_context
 from r1lab.eval.metrics import summarize
@@ -138,6 +140,13 @@ class SFTJob:
         self.optimizer = build_optimizer(self.replica.model, config.optim)
         self.stream = PromptStream(self.data.train, config.train.seed)
         self.checkpoint = checkpoint
+        self.watch = advice.RunWatch({"eval": f"eval.max_new_tokens={config.eval.max_new_tokens}"})
+        if config.eval.generate:
+            task = make_task(config.task.name, config.task.options)
+            count = sum(ex.checkable for ex in task.examples("test"))
+            small = advice.test_split(count, config.eval.generate, "the sampled evaluation")
+            if small:
+                warn(small)
 
     @property
     def model(self) -> Any:
@@ -179,6 +188,8 @@ class SFTJob:
                 row["eval/loss"] = mean_nll(self.replica, self.data.held_out, tokens)
         if step in (0, self.data.steps) and config.eval.generate:
             row.update(self.generation_metrics())
+        for message in self.watch.observe(row):
+            warn(f"evaluation at step {step}: {message}")
         return row
 
     def generation_metrics(self) -> dict[str, float]:
@@ -211,7 +222,7 @@ class SFTJob:
             fmt,
         )
         summary = summarize(records)
-        return {f"eval/{k}": summary[k] for k in ("pass@1", "format", "length")}
+        return {f"eval/{k}": summary[k] for k in ("pass@1", "format", "length", "truncated")}
 
     def state(self) -> dict[str, Any]:
         return {

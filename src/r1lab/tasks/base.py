@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from r1lab.core.errors import UserError, unknown_name
+from r1lab.core.errors import UserError, did_you_mean, unknown_name
 from r1lab.core.types import Example
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -142,10 +142,15 @@ def make_task(spec: str, options: dict[str, Any] | None = None) -> Task:
     valid = [p for p in params if p != "self"]
     for key in options:
         if key not in params:
-            raise UserError(
-                f"unknown option {key!r} for task {name!r}; valid options: {', '.join(valid)}"
-            )
+            raise _unknown_option(key, name, valid)
     return cls(**options)
+
+
+def _unknown_option(key: str, task: str, valid: list[str]) -> UserError:
+    return UserError(
+        f"unknown option {key!r} for task {task!r}{did_you_mean(key, valid)}; valid options: "
+        + ", ".join(valid)
+    )
 
 
 def check_task(spec: str, options: dict[str, Any]) -> None:
@@ -162,9 +167,7 @@ def check_task(spec: str, options: dict[str, Any]) -> None:
     valid = list(signature.parameters)
     for key in kwargs:
         if key not in signature.parameters:
-            raise UserError(
-                f"unknown option {key!r} for task {name!r}; valid options: {', '.join(valid)}"
-            )
+            raise _unknown_option(key, name, valid)
     try:
         signature.bind(**kwargs)
     except TypeError as err:

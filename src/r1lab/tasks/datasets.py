@@ -19,6 +19,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from r1lab.core.errors import UserError
@@ -26,7 +27,6 @@ from r1lab.core.hub import hub_unreachable
 from r1lab.core.runfiles import Located, read_records
 from r1lab.core.types import Example
 from r1lab.tasks.base import Task, last_boxed, register_task, split_of
-from r1lab.tasks.mathgrade import normalize_math, parse_gold, verify_answer
 
 FORMATS = ("auto", "plain", "gsm8k", "math")
 PROMPT_KEYS = ("question", "problem", "prompt")
@@ -34,6 +34,14 @@ ANSWER_KEYS = ("answer", "solution")
 SPLIT_VALUES = {"train": "train", "test": "test", "validation": "test", "val": "test"}
 SPLIT_SALT = "r1lab-data"
 """One salt for every dataset task, so a file splits the same way whichever task loads it."""
+
+def _grader() -> ModuleType:
+    """`tasks.mathgrade`, imported on first use: it pulls in sympy and math-verify (half a
+    second), which listing tasks or loading a recipe does not need."""
+    from r1lab.tasks import mathgrade
+
+    return mathgrade
+
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _META_SKIP = set(PROMPT_KEYS) | set(ANSWER_KEYS)
@@ -194,7 +202,7 @@ class RecordTask(Task):
         for where, record in rows:
             total += 1
             example = record_to_example(record, mapping, self.name, where)
-            gold = self._gold.get(example.answer) or parse_gold(example.answer)
+            gold = self._gold.get(example.answer) or _grader().parse_gold(example.answer)
             if not gold:
                 bad.append((where, example.answer))
                 continue
@@ -215,11 +223,11 @@ class RecordTask(Task):
     def grade(self, answer: str | None, example: Example) -> bool:
         gold = self._gold.get(example.answer)
         if gold is None:  # an Example built elsewhere (e.g. read back from a samples file)
-            gold = self._gold[example.answer] = parse_gold(example.answer)
-        return verify_answer(gold, answer)
+            gold = self._gold[example.answer] = _grader().parse_gold(example.answer)
+        return _grader().verify_answer(gold, answer)
 
     def normalize(self, answer: str | None) -> str | None:
-        return normalize_math(answer)
+        return _grader().normalize_math(answer)
 
 
 def _check_fraction(test_fraction: float) -> float:

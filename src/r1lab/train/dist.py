@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -89,7 +90,10 @@ def start() -> bool:
 
 
 def stop() -> None:
-    """Leave the process group (at the end of a command under torchrun)."""
+    """Leave the process group (at the end of a command under torchrun); a command that
+    never loaded torch does not load it for this."""
+    if world_size() == 1 or "torch.distributed" not in sys.modules:
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
