@@ -86,6 +86,8 @@ class Tests:
     """A program's tests: assert statements (with `setup` code run before the program, e.g.
     imports the tests need) and/or (input, expected output) pairs."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     asserts: tuple[str, ...] = ()
     stdio: tuple[tuple[str, str], ...] = ()
     setup: str = ""
