@@ -75,6 +75,7 @@ def cmd_preflight(args: argparse.Namespace) -> None:
         console.print(
             f"[cyan]reward {sample['reward']:.3f}[/cyan]  {terms}  "
             f"tokens={sample['tokens']} finished={sample['finished']}"
+            + (f"  {sample['tests']}" if sample.get("tests") else "")
         )
     if report.prompt_tokens:
         console.print(f"prompt tokens: {report.prompt_tokens}")
