@@ -89,7 +89,7 @@ def fence(code: str) -> str:
     return f"```python\n{code.strip()}\n```"
 
 
-def tests_of(example: Example) -> Tests | None:
+def problem_tests(example: Example) -> Tests | None:
     """The tests stored in an example's meta, or None when it is not a code problem."""
     spec = example.meta.get("tests")
     if not isinstance(spec, dict):
@@ -101,8 +101,8 @@ def tests_of(example: Example) -> Tests | None:
     )
 
 
-def tests_meta(asserts: Sequence[str] = (), stdio: Sequence[Sequence[str]] = (), setup: str = ""):
-    """The JSON-friendly `meta["tests"]` of a problem (the inverse of `tests_of`)."""
+def encode_tests(asserts: Sequence[str] = (), stdio: Sequence[Sequence[str]] = (), setup: str = ""):
+    """The JSON-friendly `meta["tests"]` of a problem (the inverse of `problem_tests`)."""
     return {"asserts": list(asserts), "stdio": [list(pair) for pair in stdio], "setup": setup}
 
 
@@ -140,7 +140,7 @@ class CodeTask(Task):
         out: list[list[str] | None] = [None] * len(codes)
         todo: dict[str, tuple[str, Tests, list[int]]] = {}
         for i, (code, example) in enumerate(zip(codes, examples, strict=True)):
-            tests = tests_of(example)
+            tests = problem_tests(example)
             if tests is None:
                 continue
             if code is None or not code.strip():
@@ -181,4 +181,3 @@ class CodeTask(Task):
         self, completions: Sequence[str], examples: Sequence[Example]
     ) -> list[list[str] | None]:
         return self.verdicts_of([self.extract(c) for c in completions], examples)
-

