@@ -47,3 +47,18 @@ def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path
     }
     assert all(ratio["time_per_token"] > 0 for ratio in report["ratios"].values())
     assert plot.stat().st_size > 0
+
+
+def test_sandbox_bench_reports_every_runner_and_the_overhead(tmp_path):
+    out = tmp_path / "sandbox.json"
+    run("sandbox.py", "--out", str(out))
+    report = json.loads(out.read_text())
+    runners = {(r["workload"], r["runner"]) for r in report["results"]}
+    assert runners == {
+        (load, runner)
+        for load in ("trivial", "humaneval")
+        for runner in ("bare", "unsafe-subprocess", "strict")
+    }
+    assert all(r["exec_per_s"] > 0 and r["latency_ms_min"] > 0 for r in report["results"])
+    assert set(report["overhead_strict_vs_bare_ms"]) == {"trivial", "humaneval"}
+    assert "strict: bubblewrap" in report["machine"]["sandbox"]
