@@ -163,6 +163,13 @@ def test_code_jsonl_rows_without_tests_or_prompt_are_errors(tmp_path):
     path.write_text(json.dumps({"test_list": ["assert 1"]}) + "\n")
     with pytest.raises(UserError, match="no prompt field"):
         make_task(f"code:{path}", {"sandbox": FAST})
+    path.write_text(json.dumps({"question": "q", "input_output": {"inputs": ["1"], "outputs": []}}))
+    with pytest.raises(UserError, match="1 inputs but 0 outputs"):
+        make_task(f"code:{path}", {"sandbox": FAST})
+    functional = [{"input": "[1]", "output": "1", "testtype": "functional"}]
+    path.write_text(json.dumps({"question": "q", "public_test_cases": json.dumps(functional)}))
+    with pytest.raises(UserError, match="functional"):
+        make_task(f"code:{path}", {"sandbox": FAST})
     with pytest.raises(UserError, match="unknown format"):
         make_task(f"code:{ASSERTS}", {"format": "yaml", "sandbox": FAST})
 
@@ -197,3 +204,12 @@ def test_examples_without_tests_are_not_code():
         None,
         ["passed"],
     ]
+
+
+def test_pycode_worked_solutions_make_cold_start_rows_that_pass():
+    from r1lab.sft.data import task_rows
+
+    task = make_task("pycode", {"level": 3, "train_size": 8, "test_size": 0, "sandbox": FAST})
+    rows = task_rows(task, "think", "|special_token|")
+    assert len(rows) == 8 and all("Check: " in row.completion for row in rows)
+    assert all(task.score_many([r.completion for r in rows], task.examples("train")))

@@ -57,10 +57,14 @@ def _stdio_cases(value: Any) -> list[tuple[str, str]] | None:
     """(input, output) pairs from either stdio layout, or None when `value` is neither."""
     value = _decoded(value)
     if isinstance(value, dict) and {"inputs", "outputs"} <= set(value):
-        pairs = zip(value["inputs"], value["outputs"], strict=False)
+        if len(value["inputs"]) != len(value["outputs"]):
+            raise ValueError(f"{len(value['inputs'])} inputs but {len(value['outputs'])} outputs")
+        pairs = zip(value["inputs"], value["outputs"], strict=True)
     elif isinstance(value, list) and value and all(isinstance(c, dict) for c in value):
         if not all({"input", "output"} <= set(c) for c in value):
             return None
+        if any(c.get("testtype", "stdin") != "stdin" for c in value):
+            raise ValueError("functional (LeetCode-style) test cases are not supported, only stdin")
         pairs = ((c["input"], c["output"]) for c in value)
     else:
         return None
@@ -102,7 +106,10 @@ def parse_row(record: dict[str, Any], fields: dict[str, Any], where: str) -> dic
         asserts = _asserts(record[key]) if key else None
     if asserts is None and fmt in ("auto", "stdio"):
         key = _field(record, tests_key, STDIO_KEYS)
-        stdio = _stdio_cases(record[key]) if key else None
+        try:
+            stdio = _stdio_cases(record[key]) if key else None
+        except ValueError as err:
+            raise UserError(f"{where}: {key}: {err}") from err
     if not asserts and not stdio:
         raise UserError(
             f"{where}: no tests found for format {fmt!r} (asserts: a list of assert statements "
@@ -120,8 +127,11 @@ def parse_row(record: dict[str, Any], fields: dict[str, Any], where: str) -> dic
 
 @register_task("code")
 class CodeJsonlTask(CodeTask):
-    """Code problems from a local JSONL file (``code:PATH``): MBPP-style asserts or
-    APPS/LiveCodeBench-style stdin/stdout cases, graded in the sandbox."""
+    """Code problems from a local JSONL file (``code:PATH``), graded in the sandbox.
+
+    Rows are MBPP-style assert lists or APPS/LiveCodeBench-style stdin/stdout cases (see the
+    module doc); `show_tests` asserts are shown in the prompt.
+    """
 
     description = "code problems from a local JSONL file (asserts or stdio), graded in the sandbox"
 
