@@ -18,7 +18,7 @@ from r1lab.sample.config import build_sample_config
 from r1lab.sample.run import sample
 from r1lab.tasks import make_task
 
-OPTIONS = {"level": 1, "train_size": 6, "test_size": 3, "sandbox": {"timeout": 3, "workers": 2}}
+OPTIONS = {"level": 1, "train_size": 6, "test_size": 3, "sandbox": {"timeout": 10, "workers": 2}}
 
 
 class CodeEngine:

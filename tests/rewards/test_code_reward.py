@@ -14,7 +14,7 @@ from r1lab.rewards import RewardInputs, RewardTerm, check_terms, compute_rewards
 from r1lab.tasks import make_task
 from r1lab.tasks.code import encode_tests
 
-FAST = {"timeout": 3, "workers": 2}
+FAST = {"timeout": 10, "workers": 2}
 TESTS = encode_tests(
     ["assert f(1) == 2", "assert f(2) == 3", "assert f(0) == 1", "assert f(5) == 6"]
 )

@@ -13,7 +13,7 @@ from r1lab.tasks import make_task
 from r1lab.tasks.code import encode_tests, extract_code, normalize_code
 from r1lab.tasks.pycode import FAMILIES
 
-FAST = {"timeout": 3, "workers": 2}
+FAST = {"timeout": 10, "workers": 2}
 ASSERTS, STDIO = "data/code_asserts_sample.jsonl", "data/code_stdio_sample.jsonl"
 
 
