@@ -4,9 +4,15 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.r1lab-setup
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup bubblewrap demo test test-fast lint clean
 
-setup: $(STAMP)
+setup: bubblewrap $(STAMP)
+
+# Debian's bubblewrap is the code sandbox's isolation layer (checked on every setup: it is not
+# part of the venv). Where it cannot be installed, code tasks refuse to run and say why.
+bubblewrap:
+	@command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+		|| echo "warning: bubblewrap is not installed; code tasks will refuse to run (README: Code reasoning)"
 
 # torch first, pinned to the local CPU build, so nothing later can pull a CUDA wheel;
 # then the package with its dev, bench (TRL, the benchmark's baseline), serve (FastAPI,

@@ -71,3 +71,18 @@ def test_distributed_bench_reports_both_rows_with_their_ratios(tmp_path):
     assert ddp["same_samples"]  # same global batch and seed: the same samples on both sides
     assert ddp["throughput_ratio"] > 0 and lora["rss_ratio"] > 0 and lora["time_ratio"] > 0
     assert all(s["peak_rss_mb"] > 0 and s["tokens_per_step"] > 0 for s in lora["sides"])
+
+
+def test_sandbox_bench_reports_every_runner_and_the_overhead(tmp_path):
+    out = tmp_path / "sandbox.json"
+    run("sandbox.py", "--out", str(out))
+    report = json.loads(out.read_text())
+    runners = {(r["workload"], r["runner"]) for r in report["results"]}
+    assert runners == {
+        (load, runner)
+        for load in ("trivial", "humaneval")
+        for runner in ("bare", "unsafe-subprocess", "strict")
+    }
+    assert all(r["exec_per_s"] > 0 and r["latency_ms_min"] > 0 for r in report["results"])
+    assert set(report["overhead_strict_vs_bare_ms"]) == {"trivial", "humaneval"}
+    assert "strict: bubblewrap" in report["machine"]["sandbox"]

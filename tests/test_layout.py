@@ -1,10 +1,11 @@
 """The house rules of the source tree: one package per stage, imports pointing down only.
 
-Rooms, from the bottom: `core` (errors, records, config engine, models, checkpoints), `text`,
-`tasks`, `rewards`, `rollout`, `train` (what trainers share), `eval`, then the stages (`grpo`
-and `sft` side by side, `sample`, `distill`, `pipeline`, `serve`) and the entry points on
-top. A module may import its own room and rooms below it; every import counts (function-level
-ones and those under TYPE_CHECKING too), so no cycle can hide behind a lazy import.
+Rooms, from the bottom: `core` (errors, records, config engine, models, checkpoints), `text`
+and `sandbox` side by side (neither imports the other), `tasks`, `rewards`, `rollout`, `train`
+(what trainers share), `eval`, then the stages (`grpo` and `sft` side by side, `sample`,
+`distill`, `pipeline`, `serve`) and the entry points on top. A module may import its own room
+and rooms below it; every import counts (function-level ones and those under TYPE_CHECKING
+too), so no cycle can hide behind a lazy import.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "r1lab"
 RANKS = {
     "core": 0,
     "text": 1,
+    "sandbox": 1,  # runs model-written code; the code tasks grade with it
     "tasks": 2,
     "rewards": 3,
     "rollout": 4,

@@ -93,7 +93,7 @@ def cmd_preflight(args: argparse.Namespace) -> None:
     report = preflight(config, prompts=args.prompts, samples=args.samples, ranks=ranks)
     if console.MODE.json:
         for sample in report.samples:
-            console.emit(sample)
+            console.emit({k: v for k, v in sample.items() if k != "example"})
         console.emit({"prompt_tokens": report.prompt_tokens, "warnings": report.warnings})
         return
     if report.prompts:
@@ -106,7 +106,8 @@ def cmd_preflight(args: argparse.Namespace) -> None:
         terms = "  ".join(f"{k}={_fmt(v)}" for k, v in sample["terms"].items())
         console.say(
             f"reward {sample['reward']:.3f}  {terms}  "
-            f"tokens={sample['tokens']} finished={sample['finished']}",
+            f"tokens={sample['tokens']} finished={sample['finished']}"
+            + (f"  {sample['tests']}" if sample.get("tests") else ""),
             style="cyan",
         )
     if report.prompt_tokens:

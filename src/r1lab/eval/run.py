@@ -59,28 +59,41 @@ def sample_and_grade(
     fmt: OutputFormat = THINK,
 ) -> list[Row]:
     """Draw `params.n` samples per example and grade each: one record per (problem, sample);
-    `format` says whether a response is in the run's own format `fmt`."""
+    `format` says whether a response is in the run's own format `fmt`.
+
+    The whole batch is graded in one call (a code task runs every program across the
+    sandbox's workers at once); a code problem's record also counts its test verdicts.
+    """
     prompts = [render(template, ex.prompt, tokenizer, shots) for ex in examples]
     generations = engine.generate(prompts, params)
+    flat = [
+        (example, index, prompt.prefill + gen.text, gen)
+        for example, prompt, group in zip(examples, prompts, generations, strict=True)
+        for index, gen in enumerate(group)
+    ]
+    fulls, problems = [full for _, _, full, _ in flat], [ex for ex, _, _, _ in flat]
+    verdicts = task.test_verdicts(fulls, problems)
+    answers = [task.extract(full) for full in fulls]
+    correct = task.grade_many(answers, problems)
     records = []
-    for example, prompt, group in zip(examples, prompts, generations, strict=True):
-        for index, gen in enumerate(group):
-            full = prompt.prefill + gen.text
-            answer = task.extract(full)
-            records.append(
-                {
-                    "id": example.id,
-                    "sample": index,
-                    "completion": gen.text,
-                    "answer": answer,
-                    "normalized": task.normalize(answer),
-                    "correct": task.grade(answer, example),
-                    "gold": example.answer,
-                    "format": fmt.ok(full),
-                    "length": gen.length,
-                    "truncated": not gen.finished,
-                }
-            )
+    for (example, index, full, gen), answer, ok, tests in zip(
+        flat, answers, correct, verdicts, strict=True
+    ):
+        record = {
+            "id": example.id,
+            "sample": index,
+            "completion": gen.text,
+            "answer": answer,
+            "normalized": task.normalize(answer),
+            "correct": ok,
+            "gold": example.answer,
+            "format": fmt.ok(full),
+            "length": gen.length,
+            "truncated": not gen.finished,
+        }
+        if tests is not None:
+            record["tests"] = {v: tests.count(v) for v in sorted(set(tests))}
+        records.append(record)
     return records
 
 

@@ -34,7 +34,8 @@ def step_row(
     lengths = [len(g.completion_ids) for _, g in gens] or [0]
     texts = [prefill + g.text for _, g in gens]
     rewards = rollout.rewards or [0.0]
-    graded = [task.score(t, ex) for t, (ex, _) in zip(texts, gens, strict=True) if ex.checkable]
+    checkable = [(t, ex) for t, (ex, _) in zip(texts, gens, strict=True) if ex.checkable]
+    graded = task.score_many([t for t, _ in checkable], [ex for _, ex in checkable])
     row: dict[str, Any] = {
         "reward": sum(rewards) / len(rewards),
         "accuracy": sum(graded) / len(graded) if graded else None,  # general prompts: no rule

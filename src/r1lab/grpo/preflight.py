@@ -90,6 +90,7 @@ def preflight(
     groups = engine.generate(rendered, replace(sampling_params(config), n=samples))
     rewards, terms = score_groups(config, task, chosen, rendered, groups)
     report.samples = sample_records(chosen, rendered, groups, rewards, terms)
+    add_test_verdicts(task, report)
     check_samples(config, report, rewards, terms)
     return report
 
@@ -100,6 +101,30 @@ def check_test_split(config: Config, task: Any, report: PreflightReport) -> None
     small = advice.test_split(count, config.eval.size, "held-out evaluation")
     if small:
         report.warnings.append(small)
+
+
+def verdict_line(verdicts: Sequence[str]) -> str:
+    """A sample's sandbox verdicts in one line.
+
+    >>> verdict_line(["passed", "failed", "passed", "timeout"])
+    '2/4 tests passed (failed 1, timeout 1)'
+    """
+    passed = sum(v == "passed" for v in verdicts)
+    others = sorted({v for v in verdicts if v != "passed"})
+    rest = ", ".join(f"{v} {verdicts.count(v)}" for v in others)
+    return f"{passed}/{len(verdicts)} tests passed" + (f" ({rest})" if rest else "")
+
+
+def add_test_verdicts(task: Any, report: PreflightReport) -> None:
+    """For code problems: each sample's sandbox verdicts (run once: the rewards cached them),
+    and a warning when the programs run without isolation."""
+    texts = [s["prefill"] + s["completion"] for s in report.samples]
+    verdicts = task.test_verdicts(texts, [s["example"] for s in report.samples])
+    for sample, tests in zip(report.samples, verdicts, strict=True):
+        sample["tests"] = None if tests is None else verdict_line(tests)
+    sandbox = getattr(task, "sandbox", None)
+    if any(v is not None for v in verdicts) and sandbox is not None and sandbox.mode != "strict":
+        report.warnings.append(f"model-written code runs in {sandbox.describe()}")
 
 
 def check_prompts(
@@ -136,6 +161,8 @@ def sample_records(
             records.append(
                 {
                     "id": ex.id,
+                    "example": ex,
+                    "prefill": prompt.prefill,
                     "prompt": prompt.text,
                     "answer": ex.answer,
                     "completion": gen.text,

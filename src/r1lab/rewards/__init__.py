@@ -3,7 +3,7 @@
 `from r1lab.rewards import register_reward, RewardInputs` is what a user's reward plugin needs.
 """
 
-from r1lab.rewards import rules  # noqa: F401  (registers the rule rewards)
+from r1lab.rewards import code, rules  # noqa: F401  (registers the rule rewards)
 from r1lab.rewards.registry import (
     LAZY_REWARDS,
     REWARDS,

@@ -23,16 +23,22 @@ def accuracy_reward(inputs: RewardInputs) -> list[float | None]:
     The task's `score` is the same definition of "correct" that evaluation uses, so reward
     and pass@1 cannot disagree. The prefill is included because the answer could begin in it.
     A general prompt (no rule-checkable answer, see `Example.checkable`) is not applicable:
-    a reward model scores it instead. Example: with a task whose gold for `ex` is "2",
-    completions ["<answer>2</answer>", "<answer>3</answer>"] -> [1.0, 0.0].
+    a reward model scores it instead. The batch is graded in one `Task.score_many` call, so a
+    code task runs all its programs across the sandbox's workers at once. Example: with a
+    task whose gold for `ex` is "2", completions ["<answer>2</answer>", "<answer>3</answer>"]
+    -> [1.0, 0.0].
     """
     task = inputs.task
     if task is None:
         raise UserError("reward 'accuracy' needs a task to grade answers, and none was given")
-    return [
-        (1.0 if task.score(text, example) else 0.0) if example.checkable else None
-        for text, example in zip(inputs.texts(), inputs.examples, strict=True)
-    ]
+    checkable = [i for i, example in enumerate(inputs.examples) if example.checkable]
+    texts = inputs.texts()
+    examples = [inputs.examples[i] for i in checkable]
+    correct = task.score_many([texts[i] for i in checkable], examples)
+    values: list[float | None] = [None] * len(texts)
+    for i, ok in zip(checkable, correct, strict=True):
+        values[i] = 1.0 if ok else 0.0
+    return values
 
 
 def _check_style_params(style: str = "think", special_token: str = SPECIAL_TOKEN, **_: Any) -> None:

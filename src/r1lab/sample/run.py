@@ -57,6 +57,7 @@ from r1lab.sample.config import SampleConfig
 from r1lab.sample.judge import Verdict, judge_inputs
 from r1lab.sample.select import Drawn, pick_mix, select
 from r1lab.tasks import Task, make_task
+from r1lab.tasks.code import problem_tests
 from r1lab.text.conversations import jsonl_rows
 from r1lab.text.templates import pick_shots, render
 from r1lab.train import dist
@@ -154,6 +155,11 @@ def sample_prompts(config: SampleConfig) -> tuple[Task, list[Example], list[Exam
         raise UserError(f"task {config.task.name!r} has no {config.prompts.split} prompts")
     if len({ex.id for ex in examples}) != len(examples):
         raise UserError(f"task {config.task.name!r} has duplicate prompt ids")
+    if config.filters.drop_code_blocks and any(problem_tests(ex) is not None for ex in examples):
+        raise UserError(
+            f"task {config.task.name!r} answers with programs in ``` blocks, which "
+            "filters.drop_code_blocks would drop, every one: set it false for code tasks"
+        )
     return task, examples, shots, notes
 
 

@@ -1,6 +1,15 @@
 """Verifiable tasks: built-in procedural ones and dataset-backed ones, behind one interface."""
 
-from r1lab.tasks import arith, countdown, datasets, general, mix  # noqa: F401  (registers tasks)
+from r1lab.tasks import (  # noqa: F401  (registers tasks)
+    arith,
+    code_jsonl,
+    countdown,
+    datasets,
+    general,
+    humaneval,
+    mix,
+    pycode,
+)
 from r1lab.tasks.base import (
     TASKS,
     Task,

@@ -10,7 +10,7 @@ import hashlib
 import inspect
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,22 @@ class Task(ABC):
     def score(self, completion: str, example: Example) -> bool:
         """Extract and grade in one call: the single definition of 'correct' for a completion."""
         return self.grade(self.extract(completion), example)
+
+    def grade_many(self, answers: Sequence[str | None], examples: Sequence[Example]) -> list[bool]:
+        """`grade` over a batch. Tasks whose grader is costly (code runs in the sandbox)
+        override it to grade the whole batch at once; the result must equal the loop."""
+        return [self.grade(a, ex) for a, ex in zip(answers, examples, strict=True)]
+
+    def score_many(self, completions: Sequence[str], examples: Sequence[Example]) -> list[bool]:
+        """`score` over a batch: what the accuracy reward, the step metrics and evaluation call."""
+        return self.grade_many([self.extract(c) for c in completions], examples)
+
+    def test_verdicts(
+        self, completions: Sequence[str], examples: Sequence[Example]
+    ) -> list[list[str] | None]:
+        """One verdict per test (`r1lab.sandbox.VERDICTS`) for each completion of a problem
+        graded by tests; None where the problem has none (everything but code)."""
+        return [None] * len(completions)
 
     def brief(self, example: Example) -> str:
         """A one-line derivation for few-shot prompts.

@@ -153,6 +153,36 @@ class MixTask(Task):
     def score(self, completion: str, example: Example) -> bool:
         return self._of(example).score(completion, example)
 
+    def _by_owner(self, examples: Sequence[Example]) -> dict[int, tuple[Task, list[int]]]:
+        """Indices of a batch grouped by the sub-task each example came from."""
+        groups: dict[int, tuple[Task, list[int]]] = {}
+        for i, example in enumerate(examples):
+            owner = self._of(example)
+            groups.setdefault(id(owner), (owner, []))[1].append(i)
+        return groups
+
+    def _batched(self, method: str, items: Sequence[Any], examples: Sequence[Example]) -> list:
+        """`owner.method(items, examples)` once per sub-task, so each grades its batch at once."""
+        out: list[Any] = [None] * len(items)
+        for owner, indices in self._by_owner(examples).values():
+            values = getattr(owner, method)(
+                [items[i] for i in indices], [examples[i] for i in indices]
+            )
+            for i, value in zip(indices, values, strict=True):
+                out[i] = value
+        return out
+
+    def grade_many(self, answers: Sequence[str | None], examples: Sequence[Example]) -> list[bool]:
+        return self._batched("grade_many", answers, examples)
+
+    def score_many(self, completions: Sequence[str], examples: Sequence[Example]) -> list[bool]:
+        return self._batched("score_many", completions, examples)
+
+    def test_verdicts(
+        self, completions: Sequence[str], examples: Sequence[Example]
+    ) -> list[list[str] | None]:
+        return self._batched("test_verdicts", completions, examples)
+
     def extract(self, completion: str) -> str | None:
         self._build()
         return self._lead.extract(completion)
