@@ -57,6 +57,10 @@ def test_checkpoints_are_readable_as_the_umask_says(tmp_path, tiny):
         os.umask(old)
     for path in (out, final):
         assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+        files = [p for p in path.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".safetensors" for p in files)
+        for file in files:  # the weights too: safetensors alone would make them 0600
+            assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
 
 
 def test_a_damaged_trainer_state_is_a_clear_error(tmp_path, tiny):

@@ -212,6 +212,7 @@ def test_each_stage_writes_its_run_and_lineage(finished):
     cold, rl = read_lineage(root / "cold"), read_lineage(root / "rl")
     for lineage, name in ((cold, "cold"), (rl, "rl")):
         assert (root / name / "final" / "config.json").is_file()
+        assert not (root / name / "checkpoints").exists()  # a stage keeps final/ only
         assert lineage["status"] == "complete" and lineage["output"] == f"runs/tiny/{name}"
         assert lineage["config"]["name"] == name and len(lineage["config_hash"]) == 64
         assert lineage["seconds"] > 0 and lineage["started"] <= lineage["finished"]
@@ -374,6 +375,8 @@ def test_sampled_rows_train_the_base_model_which_teaches_a_student(tmp_path, mon
         ("distill", "runs/stage3/distill/student/final"),
     ]
     assert "| distill | distill | teacher: sft2 | ran |" in Path(done.report).read_text()
+    models = sorted(p.parent.relative_to("runs/stage3") for p in Path("runs").rglob("config.json"))
+    assert [str(m) for m in models] == ["distill/student/final", "sft2/final"]  # nothing else
     again = run_stages(load_pipeline(path), progress=False, log=lambda message: None)
     assert [r.action for r in again.values()] == ["skipped"] * 3
 

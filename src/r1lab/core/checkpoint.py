@@ -52,6 +52,7 @@ def save_model_dir(
             _save(adapter, tmp / ADAPTER_DIR)
         if extra is not None:
             torch.save(extra, tmp / STATE_FILE)
+        _readable(tmp)
         fsync_tree(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -68,6 +69,17 @@ def save_model_dir(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _readable(root: Path) -> None:
+    """Give every file below `root` the permissions the umask gives a new file: safetensors
+    writes its weights file private (0600), which a colleague could not load."""
+    mode = 0o666 & ~umask()
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
+        elif path.is_dir():
+            path.chmod(0o777 & ~umask())
 
 
 def _save(model: Any, out: Path) -> None:

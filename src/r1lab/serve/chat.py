@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from r1lab.core.console import console as make_console
 from r1lab.serve.batching import Job
 from r1lab.serve.protocol import RequestError, Sampling
 from r1lab.serve.stream import REASONING
@@ -136,10 +137,11 @@ def chat(
     """Load `config`'s model (a `ServeConfig`) and talk until the user leaves."""
     from r1lab.serve.server import build_served
 
-    console = console or Console(highlight=False)
+    console = console or make_console()  # off a terminal: lines whole, never wrapped
     served = build_served(config)
     console.print(
-        Text(f"chatting with {served.name} — /reset starts over, /exit leaves", style="dim")
+        Text(f"chatting with {served.name} — /reset starts over, /exit leaves", style="dim"),
+        soft_wrap=True,
     )
     try:
         asyncio.run(_session(served, sampling, ask, console, hide_thinking, system))
