@@ -45,7 +45,6 @@ def save_model_dir(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700)
         _save(model, tmp)
         tokenizer.save_pretrained(tmp)
         if adapter is not None:
@@ -72,14 +71,12 @@ def save_model_dir(
 
 
 def _readable(root: Path) -> None:
-    """Give every file below `root` the permissions the umask gives a new file: safetensors
-    writes its weights file private (0600), which a colleague could not load."""
-    mode = 0o666 & ~umask()
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.chmod(mode)
-        elif path.is_dir():
-            path.chmod(0o777 & ~umask())
+    """Give `root` and everything below it the permissions the umask gives new files and
+    directories: `mkdtemp` makes `root` private (0700) and safetensors writes its weights
+    file 0600, which a colleague could not load."""
+    mask = umask()
+    for path in (root, *root.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _save(model: Any, out: Path) -> None:
