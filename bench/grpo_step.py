@@ -13,10 +13,12 @@ warm-up and is not counted.
     python bench/grpo_step.py --smoke         # tiny model, a few tokens: seconds (CI)
     python bench/grpo_step.py --variant micro=16,fp32-weights --variant micro=8,ckpt,offload,release
                                               # several r1lab configurations against one TRL run
+    python bench/grpo_step.py --sides r1lab --dtypes float32 --variant micro=16 \
+        --variant micro=16,engine=vllm        # rollouts on vLLM against the prefix engine
 
 Prints seconds per step, generation tokens/s, generated tokens per step (a step's time depends
-on how long the sampled completions are) and peak RSS for each side, the ratios, and writes
-bench/results/grpo_step.json.
+on how long the sampled completions are) and peak RSS for each side (with vLLM: of the trainer
+and vLLM's processes together, sampled), the ratios, and writes bench/results/grpo_step.json.
 """
 
 from __future__ import annotations
@@ -41,6 +43,36 @@ REWARDS = [{"name": "accuracy", "weight": 1.0}, {"name": "format", "weight": 0.2
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class TreeRSS:
+    """The largest resident memory of this process and its descendants together, sampled
+    every half second: vLLM's engine runs in processes of its own, which RUSAGE_SELF misses."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb, self._done = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._done.wait(0.5):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:  # a process that just ended
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak_mb
 
 
 def prompts_and_examples(settings: dict[str, Any], tokenizer: Any) -> tuple[list, list]:
@@ -69,7 +101,8 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
         "task": TASK,
         "template": {"name": "r1_zero", "shots": 2, "shot_style": "brief"},
         "rewards": REWARDS,
-        "generation": {"max_new_tokens": settings["max_new_tokens"], "temperature": 1.0},
+        "generation": {"max_new_tokens": settings["max_new_tokens"], "temperature": 1.0,
+                       "engine": settings["engine"]},
         "grpo": {"preset": "grpo", "batch_size": settings["prompts"] * settings["group"],
                  "group_size": settings["group"],
                  "beta": settings["beta"], "loss_agg": "token-mean", "clip_low": 0.2,
@@ -192,9 +225,11 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
     import torch
 
     torch.manual_seed(0)
+    tree = TreeRSS()
     with tempfile.TemporaryDirectory() as tmp:
         runner = run_trl if side == "trl" else run_r1lab
         result = runner(settings, dtype, Path(tmp))
+    tree_peak = tree.stop()
     steps = result["step_seconds"]
     label = side
     if side == "r1lab":
@@ -207,10 +242,13 @@ def child(side: str, settings: dict[str, Any], dtype: str, result_path: Path) ->
             notes.append("release")
         if settings["weights"] == "float32" and dtype != "float32":
             notes.append("fp32 weights")
+        if settings["engine"] != "prefix":
+            notes.append(settings["engine"])
         label += f" ({', '.join(notes)})"
-    result.update(side=side, label=label, dtype=dtype, seconds_per_step=sum(steps) / len(steps),
+    result.update(side=side, label=label, dtype=dtype, engine=settings.get("engine", "prefix"),
+                  seconds_per_step=sum(steps) / len(steps),
                   tokens_per_s=sum(result["gen_tokens_per_s"]) / len(result["gen_tokens_per_s"]),
-                  peak_rss_mb=peak_rss_mb())
+                  peak_rss_mb=max(peak_rss_mb(), tree_peak))
     result_path.write_text(json.dumps(result))
 
 
@@ -227,8 +265,9 @@ def main() -> None:
                         "micro-batch, default 16; ckpt: activation checkpointing; offload: the "
                         "reference's weights in a memory-mapped file; release: freed memory "
                         "back to the OS between phases; fp32-weights: "
-                        "autocast over fp32 weights instead of weights in the compute dtype); "
-                        "default: micro=16")
+                        "autocast over fp32 weights instead of weights in the compute dtype; "
+                        "engine=vllm: rollouts on vLLM, compared with the same variant on the "
+                        "prefix engine when that runs too); default: micro=16")
     parser.add_argument("--out", default="bench/results/grpo_step.json")
     parser.add_argument("--plot", help="also write the time-breakdown chart here (PNG)")
     parser.add_argument("--merge", nargs="*", default=[],
@@ -313,7 +352,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     """'micro=8,ckpt,fp32-weights' -> the r1lab settings it overrides ('dtype=bfloat16': run
     this variant at that dtype only)."""
     out: dict[str, Any] = {"micro": 16, "checkpointing": False, "offload": False,
-                           "release": False, "weights": "compute"}
+                           "release": False, "weights": "compute", "engine": "prefix"}
     for token in filter(None, (t.strip() for t in text.split(","))):
         if token.startswith("micro="):
             out["micro"] = int(token.split("=", 1)[1])
@@ -327,9 +366,11 @@ def parse_variant(text: str) -> dict[str, Any]:
             out["weights"] = "float32"
         elif token.startswith("dtype="):
             out["only_dtype"] = token.split("=", 1)[1]
+        elif token.startswith("engine="):
+            out["engine"] = token.split("=", 1)[1]
         else:
             raise SystemExit(f"unknown variant token {token!r}: use micro=N, ckpt, offload, "
-                             "release, fp32-weights, dtype=D")
+                             "release, fp32-weights, dtype=D, engine=E")
     return out
 
 
@@ -340,23 +381,34 @@ def per_token(result: dict[str, Any]) -> float:
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each r1lab run over TRL at its dtype and over TRL's default fp32 (lower is better for
-    time, time per generated token and RSS)."""
+    """Each r1lab run over TRL at its dtype and over TRL's default fp32, and each run on
+    another engine over the same configuration on the prefix engine (lower is better for time,
+    time per generated token and RSS)."""
     trl = {r["dtype"]: r for r in results if r["side"] == "trl"}
+    prefix = {(r["label"], r["dtype"]): r for r in results if r["side"] == "r1lab"}
     out = {}
     for ours in results:
         if ours["side"] != "r1lab":
             continue
+        engine = ours.get("engine", "prefix")
+        base = prefix.get((ours["label"].replace(f", {engine})", ")"), ours["dtype"]))
+        if engine != "prefix" and base is not None:
+            out[f"{ours['label']} {ours['dtype']} vs {base['label']}"] = compare(ours, base)
         for dtype in dict.fromkeys((ours["dtype"], "float32")):
             theirs = trl.get(dtype)
             if theirs is None:
                 continue
-            key = f"{ours.get('label', 'r1lab')} {ours['dtype']} vs TRL {dtype}"
-            out[key] = {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
-                        "time_per_token": per_token(ours) / per_token(theirs),
-                        "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
-                        "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
+            out[f"{ours.get('label', 'r1lab')} {ours['dtype']} vs TRL {dtype}"] = compare(
+                ours, theirs
+            )
     return out
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    return {"time": ours["seconds_per_step"] / theirs["seconds_per_step"],
+            "time_per_token": per_token(ours) / per_token(theirs),
+            "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+            "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
 
 
 def machine() -> dict[str, Any]:

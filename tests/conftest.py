@@ -50,3 +50,18 @@ def offline(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """(engine, model, tokenizer): one vLLM engine on the built-in model (fp32) for the whole
+    session, since each start costs ~30-60 s; skipped where vLLM is not installed. A test that
+    loads other weights into it loads the model's back."""
+    pytest.importorskip("vllm")
+    from r1lab.core.models import load_model
+    from r1lab.rollout import make_engine
+
+    model, tokenizer = load_model("builtin:smollm2-135m-instruct", "float32")
+    engine = make_engine("vllm", model, tokenizer, compute_dtype="float32", kv_cache_gb=0.5)
+    yield engine, model, tokenizer
+    engine.close()

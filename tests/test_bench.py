@@ -28,7 +28,7 @@ def test_rollout_bench_reports_both_engines_and_their_ratio(tmp_path):
     report = json.loads(out.read_text())
     assert {r["engine"] for r in report["results"]} == {"hf", "prefix"}
     assert all(r["valid_tokens"] > 0 for r in report["results"])
-    assert report["ratio_prefix_vs_generate"]["float32"] > 0
+    assert report["ratios_vs_generate"]["float32"]["prefix"] > 0
 
 
 def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path):

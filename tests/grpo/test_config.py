@@ -157,6 +157,8 @@ def test_batch_size_must_be_a_multiple_of_group_size():
         ("eval.max_new_tokens=-3", "eval.max_new_tokens"),
         ("train.steps=0", "train.steps"),
         ("model.dtype=float8", "model.dtype"),
+        ("grpo.is_correction=tokens", "grpo.is_correction"),
+        ("grpo.is_cap=0.5", "grpo.is_cap"),
     ],
 )
 def test_out_of_range_values_are_errors(override, key):
@@ -194,6 +196,25 @@ def test_dr_grpo_preset():
     config = load_config(None, ["grpo.preset=dr_grpo"])
     assert config.grpo.advantage_scale == "none"
     assert config.grpo.loss_agg == "seq-mean-token-sum-norm"
+
+
+@pytest.mark.parametrize(
+    ("preset", "policy_loss", "clip", "loss_agg"),
+    [("gspo", "gspo", (3e-4, 4e-4), "seq-mean-token-mean"),
+     ("cispo", "cispo", (1.0, 0.28), "token-mean")],
+)
+def test_loss_variant_presets_pick_their_policy_loss(preset, policy_loss, clip, loss_agg):
+    g = load_config(None, [f"grpo.preset={preset}"]).grpo
+    assert (g.policy_loss, (g.clip_low, g.clip_high), g.loss_agg) == (policy_loss, clip, loss_agg)
+
+
+def test_an_explicit_is_correction_needs_an_engine_that_reports_log_probs():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["grpo.is_correction=token"])  # the prefix engine
+    assert "engine 'prefix' samples from the trainer's" in one_line(err)
+    config = load_config(None, ["grpo.is_correction=sequence", "generation.engine=vllm"])
+    assert config.grpo.is_correction == "sequence"
+    assert load_config(None, ["grpo.is_correction=none"]).grpo.is_correction == "none"
 
 
 def test_plain_grpo_keeps_dataclass_defaults():
@@ -258,6 +279,8 @@ def test_reward_without_a_name_is_an_error():
         ("task.options.digit=2", ["'digit'", "digits"]),
         ("task.name=jsonl", ["'path'", "prompt_field"]),
         ("rewards.0.name=format", ["listed twice"]),
+        ("generation.engine=vlm", ["'vlm'", "hf", "prefix", "vllm"]),
+        ("grpo.policy_loss=gpso", ["'gpso'", "clip", "cispo", "gspo"]),
     ],
 )
 def test_unknown_registry_names_fail_at_load_time(override, needles):
@@ -344,3 +367,8 @@ def test_recipe_keys_are_all_known_fields(path):
     raw = yaml.safe_load(path.read_text())
     sections = {f.name for f in dataclasses.fields(Config)}
     assert set(raw) <= sections
+
+
+def test_vllm_with_lora_names_both_keys():
+    with pytest.raises(UserError, match="generation.engine vllm .* model.lora"):
+        build_config({"generation": {"engine": "vllm"}, "model": {"lora": {"r": 8}}})

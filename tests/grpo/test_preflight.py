@@ -154,3 +154,9 @@ def test_equal_rewards_within_every_group_are_reported():
         REWARDS.pop("per_prompt")
     assert len({s["reward"] for s in report.samples}) == 2  # not constant overall
     assert any("zero_std_frac 1.0" in w and "no gradient" in w for w in report.warnings)
+
+
+def test_a_vllm_engine_under_several_ranks_is_a_problem_and_alone_is_not():
+    config = tiny_config(generation={"max_new_tokens": 8, "engine": "vllm"})
+    assert any("one vLLM engine per rank" in p for p in distributed_problems(config, 4, 2))
+    assert distributed_problems(config, 1, 1) == []

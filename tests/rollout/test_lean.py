@@ -42,7 +42,7 @@ def prefill(model) -> tuple[DynamicCache, torch.Tensor]:
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
+            past_key_values=cache,
             use_cache=True,
         )
     return cache, mask

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least_one, help="evaluate the first N test problems")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default evals/<model>_<task>_...)")
-    p.add_argument("--engine", default="prefix", help="rollout engine: prefix or hf")
+    p.add_argument("--engine", default="prefix", help="rollout engine: prefix, hf or vllm")
     p.add_argument(
         "--batch-size", type=int, default=16, help="problems per engine call and results write"
     )

@@ -61,6 +61,7 @@ class RolloutBatch:
     rewards: Any  # [B] float, the weighted total
     old_logp: Any = None  # [B, Tc], pi_old log-probs when the policy moves within a step
     ref_logp: Any = None  # [B, Tc], pi_ref log-probs when beta > 0
+    engine_logp: Any = None  # [B, Tc], the engine's own sampling log-probs when it reports them
 
     @property
     def size(self) -> int:

@@ -1,8 +1,10 @@
 """The GRPO formula as pure tensor functions: advantages, KL estimators, the clipped policy
 loss, and the loss aggregation that distinguishes GRPO, DAPO and Dr. GRPO.
 
-Everything here is plain torch (no transformers), works on any device/dtype and is tested
-against slow loop versions. Each kind of variant lives in an open registry
+Policy losses: `clip` (GRPO's per-token clipped surrogate), `gspo` (one clipped ratio per
+output) and `cispo` (REINFORCE with clipped stop-gradient importance weights). Everything here
+is plain torch (no transformers), works on any device/dtype and is tested against slow loop
+versions. Each kind of variant lives in an open registry
 (`ADVANTAGE_SCALES`, `KL_ESTIMATORS`, `POLICY_LOSSES`, `AGGREGATIONS`): an entry is added with
 the registry's decorator, the config takes its valid names from the registry, and the trainer
 looks a variant up by name instead of branching on it.
@@ -170,6 +172,20 @@ PolicyLoss = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
+def _clip_stats(ratio: Tensor, adv: Tensor, mask: Tensor, low: float, high: float) -> dict:
+    """Detached shares of valid tokens whose ratio sits beyond a clip bound on the side where
+    clipping matters (above 1 + high with A > 0, below 1 - low with A < 0), and the mean ratio."""
+    with torch.no_grad():
+        above = (ratio > 1.0 + high) & (adv > 0)  # [B, T]
+        below = (ratio < 1.0 - low) & (adv < 0)  # [B, T]
+        return {
+            "clip_frac": masked_mean((above | below).float(), mask),
+            "clip_frac_high": masked_mean(above.float(), mask),
+            "clip_frac_low": masked_mean(below.float(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+
+
 @POLICY_LOSSES.register("clip")
 def clipped_policy_loss(
     logp: Tensor,
@@ -199,13 +215,71 @@ def clipped_policy_loss(
     unclipped = ratio * adv  # [B, T]
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv  # [B, T]
     per_token_loss = -torch.minimum(unclipped, clipped)  # [B, T]
+    return per_token_loss, _clip_stats(ratio, adv, mask, clip_low, clip_high)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO: one ratio per *output*, clipped as a whole: the R1 paper's sequence-level ratio,
+    length-normalised.
+
+    s_i = (pi_theta(o_i|q) / pi_old(o_i|q)) ** (1/|o_i|), the geometric mean of the token
+    ratios: R1's ratio of whole-output probabilities, length-normalised so that a long output
+    does not multiply its way out of any clip range (hence GSPO's small epsilons, 3e-4/4e-4).
+    Loss of output i: -min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i).
+
+    Written per token so that it aggregates like the others: every token of output i carries
+    s_{i,t} = sg[s_i] * pi_theta(o_{i,t}) / sg[pi_theta(o_{i,t})], whose value is s_i and whose
+    gradient is s_i * grad log pi_theta(o_{i,t}); under "seq-mean-token-mean" the mean over the
+    output's tokens is then exactly the gradient of the sequence-level loss.
+
+    Example: token log-ratios [0.3, -0.3] -> s = 1 on both tokens (one output, one ratio);
+    [0.2, 0.0] with A = +1, eps_high 4e-4 -> s = e^0.1 = 1.105, clipped: -1.0004 on each
+    token, no gradient.
+    """
+    log_ratio = masked_mean(logp - old_logp, mask, dim=1)  # [B], mean over the output's tokens
+    log_ratio = log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).unsqueeze(-1)
+    ratio = torch.exp(log_ratio + logp - logp.detach())  # [B, T], value s_i on every token
+    adv = advantages.unsqueeze(-1).to(ratio.dtype)  # [B, 1]
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv  # [B, T]
+    per_token_loss = -torch.minimum(ratio * adv, clipped)  # [B, T]
+    return per_token_loss, _clip_stats(ratio, adv, mask, clip_low, clip_high)
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 1.0,
+    clip_high: float = 0.28,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (MiniMax-M1): REINFORCE on every token, weighted by its clipped, stop-gradient
+    importance ratio: -sg(clip(rho, 1-eps_low, 1+eps_high)) * A * log pi_theta.
+
+    Unlike the clipped surrogate, no token ever loses its gradient: a clipped ratio only caps
+    the token's weight. MiniMax set no lower bound (eps_low = 1: the weight stays >= 0) and
+    tuned eps_high. `clip_frac` counts tokens whose weight was capped.
+
+    Example: rho = 1.5, A = +1, eps_high 0.28, log pi = -0.5 -> weight 1.28, loss 0.64,
+    gradient -1.28 with respect to log pi (the clipped surrogate's would be 0).
+    """
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, T]
+    adv = advantages.unsqueeze(-1).to(ratio.dtype)  # [B, 1]
+    weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high).detach()  # [B, T]
+    per_token_loss = -weight * adv * logp  # [B, T]
     with torch.no_grad():
-        high = (ratio > 1.0 + clip_high) & (adv > 0)  # [B, T] clipped from above
-        low = (ratio < 1.0 - clip_low) & (adv < 0)  # [B, T] clipped from below
+        capped = (ratio > 1.0 + clip_high) | (ratio < 1.0 - clip_low)  # [B, T]
         stats = {
-            "clip_frac": masked_mean((high | low).float(), mask),
-            "clip_frac_high": masked_mean(high.float(), mask),
-            "clip_frac_low": masked_mean(low.float(), mask),
+            "clip_frac": masked_mean(capped.float(), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return per_token_loss, stats

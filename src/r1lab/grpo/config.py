@@ -30,7 +30,9 @@ from r1lab.core.errors import UserError
 from r1lab.core.models import ModelConfig
 from r1lab.eval.protocol import EvalSampling
 from r1lab.grpo.algos import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from r1lab.grpo.mismatch import AUTO, IS_CORRECTIONS
 from r1lab.rewards import RewardTerm, check_terms
+from r1lab.rollout.base import ENGINES, SAMPLE_APART
 from r1lab.tasks import TaskConfig, check_task
 from r1lab.text.templates import TemplateConfig, check_template
 from r1lab.train.optim import OptimConfig
@@ -52,6 +54,7 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)  # stop strings, e.g. ["</answer>"]
 
     def validate(self) -> None:
+        choice("generation.engine", self.engine, ENGINES)
         at_least("generation.max_new_tokens", self.max_new_tokens, 1)
         at_least("generation.max_prompt_tokens", self.max_prompt_tokens, 1)
         at_least("generation.top_k", self.top_k, 0)
@@ -70,6 +73,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "beta": 0.0,
         "overlong_buffer": 32,
     },
+    # one clipped ratio per output (GSPO's epsilons; its sequence-level form wants a
+    # per-output mean of the tokens)
+    "gspo": {
+        "policy_loss": "gspo",
+        "clip_low": 3e-4,
+        "clip_high": 4e-4,
+        "loss_agg": "seq-mean-token-mean",
+    },
+    # clipped stop-gradient importance weights on REINFORCE (MiniMax-M1: no lower bound,
+    # every token normalised alike)
+    "cispo": {"policy_loss": "cispo", "clip_low": 1.0, "clip_high": 0.28, "loss_agg": "token-mean"},
 }
 
 
@@ -104,6 +118,10 @@ class GRPOConfig:
     mask_truncated: bool = False
     overlong_buffer: int = 0  # > 0 adds DAPO's soft overlong penalty over this many tokens
     ref_reset_every: int = 0  # reset the reference to the policy every N steps (R1: 400)
+    # truncated importance sampling for engines whose sampling log-probs are not the trainer's
+    # (vllm): auto = token-level for those engines, none for the others; token | sequence | none
+    is_correction: str = AUTO
+    is_cap: float = 2.0  # C: the largest importance weight
 
     @property
     def prompts_per_step(self) -> int:
@@ -137,6 +155,10 @@ class GRPOConfig:
         choice("grpo.policy_loss", self.policy_loss, POLICY_LOSSES)
         choice("grpo.advantage_scale", self.advantage_scale, ADVANTAGE_SCALES)
         choice("grpo.loss_agg", self.loss_agg, AGGREGATIONS)
+        choice("grpo.is_correction", self.is_correction, [AUTO, *IS_CORRECTIONS])
+        if self.is_cap < 1:
+            raise UserError(f"grpo.is_cap must be >= 1 (a weight cap below 1 shrinks every "
+                            f"sample), got {self.is_cap}")
 
 
 @dataclass
@@ -198,6 +220,24 @@ class Config:
             raise UserError("rewards: at least one reward is needed")
         if self.model.lora is not None:
             check_lora_reference(self.grpo)
+            if self.generation.engine == "vllm":
+                raise UserError(
+                    "generation.engine vllm loads whole weights into vLLM after every step; "
+                    "with model.lora use the prefix engine (LoRA adapters in vLLM are not "
+                    "supported yet)"
+                )
+        check_engine_correction(self.generation.engine, self.grpo.is_correction)
+
+
+def check_engine_correction(engine: str, is_correction: str) -> None:
+    """A correction for the engine's own sampling log-probs needs an engine that reports them:
+    the others sample from the trainer's pi_old, where the weight would be 1."""
+    if is_correction not in (AUTO, "none") and engine not in SAMPLE_APART:
+        raise UserError(
+            f"grpo.is_correction {is_correction!r} corrects for an engine's own "
+            f"sampling log-probs, and engine {engine!r} samples from the trainer's: use "
+            "auto or none (or generation.engine=vllm)"
+        )
 
 
 def check_lora_reference(g: GRPOConfig) -> None:
@@ -213,9 +253,6 @@ def check_lora_reference(g: GRPOConfig) -> None:
                 f"base model with the adapter switched off (no copy): remove grpo.{key} or "
                 "model.lora"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _apply_preset(raw: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 The row is the run-directory contract other tools read (`r1lab plot`, the pipeline report):
 `reward`, `reward/<term>` (None where no sample had the term), `accuracy` (rule-checkable
 samples only), `format`, lengths, truncation, reflection words, the update's statistics
-(`kl`, `clip_frac`, `entropy`, `grad_norm`, `loss`), `zero_std_frac`, sampling throughput,
+(`kl`, `clip_frac`, `entropy`, `grad_norm`, `loss`), the engine's sampling distribution
+against the trainer's (`engine_kl`, `engine_max_ratio`, `engine_min_ratio`: None for engines
+that sample from the trainer's own), `zero_std_frac`, sampling throughput,
 and where the step's time went (`time/*`, seconds).
 """
 
@@ -55,6 +57,9 @@ def step_row(
         entropy=update.entropy,
         grad_norm=update.grad_norm,
         loss=update.loss,
+        engine_kl=update.engine_kl,
+        engine_max_ratio=update.engine_max_ratio,
+        engine_min_ratio=update.engine_min_ratio,
         zero_std_frac=rollout.zero_std_frac,
         skipped_updates=update.skipped_updates,
         gen_tokens_per_s=rollout.sampled_tokens / max(rollout.gen_seconds, 1e-9),

@@ -48,6 +48,11 @@ def distributed_problems(config: Config, ranks: int, per_machine: int) -> list[s
             f"({ranks} x {g.group_size}): each rank samples whole groups of an equal share of "
             "the step's prompts"
         )
+    if ranks > 1 and config.generation.engine == "vllm":
+        problems.append(
+            "generation.engine vllm runs one engine next to a single trainer process; under "
+            "torchrun use the prefix engine (one vLLM engine per rank is not supported yet)"
+        )
     return problems + dist.device_problems(config.model.device, per_machine)
 
 

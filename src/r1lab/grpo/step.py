@@ -77,6 +77,7 @@ def sampling_params(config: Config) -> SamplingParams:
         top_p=gen.top_p,
         top_k=gen.top_k,
         stop=tuple(gen.stop),
+        logprobs=True,  # an engine that samples apart from the trainer says with what log-probs
     )
 
 

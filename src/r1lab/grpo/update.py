@@ -10,7 +10,10 @@ minibatch: under torchrun every rank holds the whole batch, runs its contiguous 
 minibatch through the `train.replica.Replica` (whose passes sync gradients) and divides by the
 whole minibatch's normaliser, so the gradient is the single process's. The policy loss, the KL
 estimator, the advantage scale and the aggregation are looked up by name in the registries of
-`grpo.algos`: the update never branches on a variant.
+`grpo.algos`: the update never branches on a variant. When the engine reports its own
+sampling log-probs (vLLM), the batch carries them and each policy loss is weighted by the
+truncated importance weight of `grpo.mismatch` (`grpo.is_correction`), against the trainer's
+pi_old; the gap between the two is logged every step.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from r1lab.grpo.algos import (
     masked_mean,
 )
 from r1lab.grpo.config import GRPOConfig
+from r1lab.grpo.mismatch import IS_CORRECTIONS, engine_mismatch, resolve_correction
 from r1lab.rollout.base import Generation
 from r1lab.rollout.hf import left_pad
 from r1lab.train.logprobs import prefix_logprobs
@@ -54,6 +58,10 @@ class UpdateStats:
     clip_frac: float = 0.0
     entropy: float | None = None
     grad_norm: float | None = None
+    # the engine's sampling distribution against the trainer's (None: the engine reports none)
+    engine_kl: float | None = None
+    engine_max_ratio: float | None = None
+    engine_min_ratio: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # logprobs, policy, optimizer, sync
 
     @property
@@ -67,9 +75,10 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Tensors of one step: each group's prompt once, its completions right-padded.
 
-    Returns prompt_ids/prompt_mask [U, Tp], rows [B], completion_ids/completion_attn [B, Tc]
-    and the loss mask completion_mask [B, Tc] (zeroed for truncated completions when
-    `mask_truncated`: DAPO's overlong filtering).
+    Returns prompt_ids/prompt_mask [U, Tp], rows [B], completion_ids/completion_attn [B, Tc],
+    the loss mask completion_mask [B, Tc] (zeroed for truncated completions when
+    `mask_truncated`: DAPO's overlong filtering), and engine_logp [B, Tc] (the engine's
+    sampling log-probs, 0 on padding) when every generation carries them, else None.
     """
     prompt_ids, prompt_mask = left_pad([grp[0].prompt_ids for grp in groups], pad_id)
     flat = [g for grp in groups for g in grp]
@@ -78,11 +87,15 @@ def collate(
     ids = torch.full((len(flat), width), pad_id, dtype=torch.long)  # [B, Tc]
     attn = torch.zeros((len(flat), width), dtype=torch.long)  # [B, Tc]
     loss_mask = torch.zeros((len(flat), width), dtype=torch.float32)  # [B, Tc]
+    reported = all(g.logprobs is not None for g in flat)
+    engine_logp = torch.zeros((len(flat), width), dtype=torch.float32) if reported else None
     for i, g in enumerate(flat):
         n = len(g.completion_ids)
         ids[i, :n] = torch.tensor(g.completion_ids, dtype=torch.long)
         attn[i, :n] = 1
         loss_mask[i, :n] = float(g.finished or not mask_truncated)
+        if engine_logp is not None:
+            engine_logp[i, :n] = torch.tensor(g.logprobs, dtype=torch.float32)
     return dict(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -90,6 +103,7 @@ def collate(
         completion_ids=ids,
         completion_attn=attn,
         completion_mask=loss_mask,
+        engine_logp=engine_logp,
     )
 
 
@@ -149,10 +163,10 @@ def minibatch_loss(
     `max_len` the generation limit (Dr. GRPO's constant normaliser).
     """
     replica = model if isinstance(model, Replica) else Replica(model)
-    policy_loss = POLICY_LOSSES.pick(g.policy_loss)
     mask_all = batch.completion_mask[index]  # [M, Tc]
     normalizer = loss_normalizer(mask_all, g.loss_agg)
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}
+    gaps: list[dict[str, torch.Tensor]] = []
     tokens = float(mask_all.sum().clamp(min=1))
     mine = replica.part(index)  # this rank's rows; every rank runs as many passes
     passes = replica.lockstep(mine.split(g.micro_batch_size), index[:1])
@@ -171,10 +185,7 @@ def minibatch_loss(
                 with_entropy=True,
                 checkpoint_layers=g.activation_checkpointing,
             )  # [m, Tc]
-            old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
-            per_token, stats = policy_loss(
-                logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
-            )  # [m, Tc]
+            per_token, stats = policy_term(logp, batch, idx, g, gaps)  # [m, Tc]
             weight = float(mask.sum()) / tokens
             if batch.ref_logp is not None:
                 kl = kl_penalty(logp, batch.ref_logp[idx], g.kl)  # [m, Tc]
@@ -186,7 +197,43 @@ def minibatch_loss(
         totals["loss"] += float(loss.detach())
         totals["clip_frac"] += float(stats["clip_frac"]) * weight
         totals["entropy"] += float(masked_mean(entropy.detach(), mask)) * weight
-    return replica.total(totals)
+    totals = replica.total(totals)
+    if gaps:
+        totals.update(combine_gaps(gaps, tokens))
+    return totals
+
+
+def policy_term(
+    logp: torch.Tensor,
+    batch: RolloutBatch,
+    idx: torch.Tensor,
+    g: GRPOConfig,
+    gaps: list[dict[str, torch.Tensor]],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The per-token policy loss of rows `idx` [m, Tc] and its statistics. Where the samples
+    are an engine's own (its log-probs in the batch), each token's loss is weighted by the
+    truncated importance weight pi_old / pi_engine, and the gap is appended to `gaps`."""
+    mask = batch.completion_mask[idx]  # [m, Tc]
+    old = batch.old_logp[idx] if batch.old_logp is not None else logp.detach()
+    per_token, stats = POLICY_LOSSES.pick(g.policy_loss)(
+        logp, old, batch.advantages[idx], mask, g.clip_low, g.clip_high
+    )  # [m, Tc]
+    if batch.engine_logp is not None:
+        engine = batch.engine_logp[idx]  # [m, Tc]
+        correction = IS_CORRECTIONS.pick(resolve_correction(g.is_correction, True))
+        per_token = per_token * correction(old, engine, mask, g.is_cap)
+        gaps.append({**engine_mismatch(old, engine, mask), "tokens": mask.sum()})
+    return per_token, stats
+
+
+def combine_gaps(gaps: list[dict[str, torch.Tensor]], tokens: float) -> dict[str, float]:
+    """One minibatch's engine-vs-trainer numbers from its micro-batches' (token-weighted KL,
+    largest and smallest ratio)."""
+    return {
+        "engine_kl": sum(float(x["engine_kl"] * x["tokens"]) for x in gaps) / tokens,
+        "engine_max_ratio": max(float(x["engine_max_ratio"]) for x in gaps),
+        "engine_min_ratio": min(float(x["engine_min_ratio"]) for x in gaps),
+    }
 
 
 def optimize(
@@ -233,6 +280,9 @@ def optimize(
             logs.append(stats)
     optimizer.zero_grad(set_to_none=True)
     means = {k: sum(s[k] for s in logs) / len(logs) for k in logs[0]} if logs else {}
+    for key, pick in (("engine_max_ratio", max), ("engine_min_ratio", min)):
+        if key in means:  # the extremes over the step, not a mean
+            means[key] = pick(s[key] for s in logs)
     seconds = {"policy": policy_seconds, "optimizer": optimizer_seconds}
     return UpdateStats(float(len(logs)), float(skipped), seconds=seconds, **means)
 

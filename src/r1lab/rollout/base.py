@@ -26,6 +26,9 @@ class SamplingParams:
     # one seed per prompt: each prompt's samples come from its own generator, so they do not
     # depend on which other prompts share the batch (evaluation, rejection sampling)
     seeds: tuple[int, ...] | None = None
+    # return each sampled token's log-prob, from engines that compute them apart from the
+    # trainer (vllm: GRPO corrects for the gap); the others sample from the trainer's own
+    logprobs: bool = False
 
 
 @dataclass
@@ -35,6 +38,9 @@ class Generation:
     text: str  # decoded completion without special tokens
     finished: bool  # stopped by EOS or a stop string, not by the length limit
     count: int | None = None  # tokens by the engine's count when the ids are unknown (endpoint)
+    # the engine's log-prob of each completion token under the distribution it was sampled
+    # from, when asked for and the engine computes them apart from the trainer (else None)
+    logprobs: list[float] | None = None
 
     @property
     def length(self) -> int:
@@ -67,19 +73,23 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted({e for e in [*eos_list, tokenizer.eos_token_id] if e is not None})
 
 
-ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
-
-
-def register_engine(name: str) -> Callable[[Callable[..., RolloutEngine]], Any]:
-    def wrap(factory: Callable[..., RolloutEngine]) -> Callable[..., RolloutEngine]:
-        ENGINES[name] = factory
-        return factory
-
-    return wrap
+# name -> "module:class". An engine's module is imported when it is built, so naming and
+# checking an engine (config validation, `r1lab tasks`) imports no model library.
+ENGINES = {
+    "hf": "r1lab.rollout.hf:HFEngine",
+    "prefix": "r1lab.rollout.prefix:PrefixEngine",
+    "vllm": "r1lab.rollout.vllm:VLLMEngine",
+}
+# engines that sample with kernels of their own: the log-probs they report are not the
+# trainer's, and GRPO corrects for the gap (`grpo.mismatch`)
+SAMPLE_APART = ("vllm",)
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> RolloutEngine:
-    """Build the engine `name` around an in-memory policy (the package registers them all)."""
+    """Build the engine `name` around an in-memory policy."""
+    import importlib
+
     if name not in ENGINES:
         raise unknown_name("rollout engine", name, ENGINES)
-    return ENGINES[name](model, tokenizer, **options)
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(model, tokenizer, **options)

@@ -14,7 +14,6 @@ from r1lab.rollout.base import (
     SamplingParams,
     TokenCallback,
     eos_token_ids,
-    register_engine,
 )
 from r1lab.text.templates import Prompt
 
@@ -164,6 +163,3 @@ class HFEngine:
                 Generation(rows[row], completion, text_of(completion), finished)
             )
         return result
-
-
-register_engine("hf")(HFEngine)

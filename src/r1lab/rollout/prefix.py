@@ -26,7 +26,6 @@ from r1lab.rollout.base import (
     SamplingParams,
     TokenCallback,
     eos_token_ids,
-    register_engine,
 )
 from r1lab.rollout.hf import encode_prompts, left_pad
 from r1lab.rollout.lean import SUPPORTED, KVBuffer, LeanDecoder, supports
@@ -105,7 +104,7 @@ class _HFDecode:
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=positions[:, None],
-            cache=self.cache,
+            past_key_values=self.cache,
             use_cache=True,
         )
         return out.logits[:, -1].float()  # [A, V]
@@ -207,7 +206,7 @@ class PrefixEngine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                cache=cache,
+                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -267,6 +266,3 @@ class PrefixEngine:
                 )
             )
         return result
-
-
-register_engine("prefix")(PrefixEngine)

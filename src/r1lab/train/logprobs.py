@@ -129,7 +129,7 @@ def _shared_prefix_hidden(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             position_ids=positions,
-            cache=cache,
+            past_key_values=cache,
             use_cache=True,
         )
         prefix = copy.copy(cache)  # the same layers; the prompt replay keeps `cache`'s update
@@ -143,7 +143,7 @@ def _shared_prefix_hidden(
             input_ids=completion_ids,
             attention_mask=mask,  # [B, Tp + Tc]
             position_ids=start[:, None] + steps,  # [B, Tc]
-            cache=prefix,
+            past_key_values=prefix,
             cache_position=width + steps,
             use_cache=True,
         )
