@@ -53,9 +53,17 @@ KV_CACHE_GB = 1.0  # unless the caller or VLLM_CPU_KVCACHE_SPACE (GiB, CPU) says
 
 
 def import_vllm() -> Any:
-    """The `vllm` package, or a UserError saying how to install it. vLLM's own log is kept to
-    its errors unless VLLM_LOGGING_LEVEL says otherwise (its engine processes inherit it)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    """The `vllm` package, or a UserError saying how to install it. vLLM's engine processes
+    inherit this environment: their log is kept to errors unless VLLM_LOGGING_LEVEL says
+    otherwise, and the notices they would print at every start (a FutureWarning from vLLM's
+    kernel dispatcher, c10's NUMA-binding line) are off unless PYTHONWARNINGS or
+    TORCH_CPP_LOG_LEVEL are set. The trainer's own settings are read at its start: unchanged."""
+    for name, value in (
+        ("VLLM_LOGGING_LEVEL", "ERROR"),
+        ("PYTHONWARNINGS", "ignore::FutureWarning"),
+        ("TORCH_CPP_LOG_LEVEL", "ERROR"),
+    ):
+        os.environ.setdefault(name, value)
     try:
         import vllm
     except ImportError as error:
