@@ -9,7 +9,6 @@ import copy
 import pytest
 import torch
 
-from r1lab.core.models import tiny_model
 from r1lab.core.types import Example
 from r1lab.grpo import step, update
 from r1lab.grpo.config import build_config
@@ -53,16 +52,6 @@ def groups() -> list[list[Generation]]:
         [Generation(list(p), list(ids), f"text {i}", done) for i, (ids, done) in enumerate(group)]
         for p, group in zip(PROMPTS, COMPLETIONS, strict=True)
     ]
-
-
-@pytest.fixture(scope="module")
-def policy(tokenizer):
-    """A tiny Llama with large weights, so log-probs vary and a small nudge changes them."""
-    model = tiny_model("llama", len(tokenizer), seed=0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-    return model
 
 
 def nudged(model, scale: float = 0.03, seed: int = 1):

@@ -79,17 +79,6 @@ def test_auto_corrects_exactly_when_the_engine_reports_log_probs():
 
 
 # ----------------------------------------------------------------------------- in the update
-@pytest.fixture(scope="module")
-def policy(tokenizer):
-    from r1lab.core.models import tiny_model
-
-    model = tiny_model("llama", len(tokenizer), seed=0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-    return model
-
-
 def engine_batch(policy, config, offset: float | None):
     """Two groups of two fabricated completions; the engine reports the trainer's own
     log-probs minus `offset` (pi_old / pi_engine = e^offset on every token), or none."""
