@@ -15,10 +15,16 @@ warm-up and is not counted.
                                               # several r1lab configurations against one TRL run
     python bench/grpo_step.py --sides r1lab --dtypes float32 --variant micro=16 \
         --variant micro=16,engine=vllm        # rollouts on vLLM against the prefix engine
+    python bench/grpo_step.py --shots 0       # zero-shot prompts: the R1-Zero template alone
 
 Prints seconds per step, generation tokens/s, generated tokens per step (a step's time depends
 on how long the sampled completions are) and peak RSS for each side (with vLLM: of the trainer
 and vLLM's processes together, sampled), the ratios, and writes bench/results/grpo_step.json.
+It also prints each step's compute floor on this machine: the matmul FLOPs the step cannot
+avoid (every prompt token and every sampled token once through sampling, the reference pass and
+the policy's forward and backward: 10 N FLOPs per token for N matmul weights, 8 N without a
+reference; attention left out) divided by a matmul rate measured here at the step's dtype, and
+the step as a multiple.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULTS = {"model": "builtin:smollm2-135m-instruct", "prompts": 4, "group": 8,
-            "max_new_tokens": 128, "steps": 3, "beta": 0.04, "lr": 1e-6}
+            "max_new_tokens": 128, "steps": 3, "beta": 0.04, "lr": 1e-6, "shots": 2}
 SMOKE = {"model": "tiny:llama", "prompts": 2, "group": 4, "max_new_tokens": 8, "steps": 2}
 TASK = {"name": "arith", "options": {"digits": 2, "operands": 2, "ops": "+-"}}
 REWARDS = [{"name": "accuracy", "weight": 1.0}, {"name": "format", "weight": 0.25}]
@@ -83,7 +89,7 @@ def prompts_and_examples(settings: dict[str, Any], tokenizer: Any) -> tuple[list
     task = make_task(TASK["name"], TASK["options"])
     count = settings["prompts"] * settings["steps"]
     train = task.examples("train", limit=count + 2)
-    shots = pick_shots(task, train, 2, "brief")
+    shots = pick_shots(task, train, settings["shots"], "brief")
     examples = train[2 : 2 + count]
     return [render("r1_zero", ex.prompt, tokenizer, shots).text for ex in examples], examples
 
@@ -99,7 +105,7 @@ def run_r1lab(settings: dict[str, Any], dtype: str, out: Path) -> dict[str, Any]
         "model": {"spec": settings["model"], "compute_dtype": dtype,
                   "dtype": "float32" if settings["weights"] == "float32" else dtype},
         "task": TASK,
-        "template": {"name": "r1_zero", "shots": 2, "shot_style": "brief"},
+        "template": {"name": "r1_zero", "shots": settings["shots"], "shot_style": "brief"},
         "rewards": REWARDS,
         "generation": {"max_new_tokens": settings["max_new_tokens"], "temperature": 1.0,
                        "engine": settings["engine"]},
@@ -257,6 +263,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, help="steps per side (the first is warm-up)")
+    parser.add_argument("--shots", type=int, help="worked examples in every prompt (default 2; "
+                        "0: the R1-Zero template alone, the paper's zero-shot prompt)")
     parser.add_argument("--sides", default="trl,r1lab",
                         help="which sides to run; '' with --merge only combines earlier results")
     parser.add_argument("--variant", action="append", default=[],
@@ -283,6 +291,8 @@ def main() -> None:
     settings = {**DEFAULTS, **(SMOKE if args.smoke else {})}
     if args.steps:
         settings["steps"] = args.steps
+    if args.shots is not None:
+        settings["shots"] = args.shots
     variants = [parse_variant(v) for v in args.variant or ["micro=16"]]
     runs = [(side, variant) for side in filter(None, args.sides.split(","))
             for variant in (variants if side == "r1lab" else [{}])]
@@ -299,6 +309,7 @@ def main() -> None:
                 results.append(json.loads(path.read_text()))
     for earlier in args.merge:  # e.g. TRL measured in one run, r1lab in the next
         results += json.loads(Path(earlier).read_text())["results"]
+    add_floors(results, settings)
     report = {"settings": settings, "machine": machine(), "results": results,
               "ratios": ratios(results)}
     for r in results:
@@ -306,6 +317,12 @@ def main() -> None:
         print(f"{label:>32} {r['dtype']:>9}: {r['seconds_per_step']:7.2f} s/step  "
               f"{r['tokens_per_s']:7.1f} gen tok/s  {r.get('tokens_per_step', 0):6.0f} tokens/step"
               f"  peak RSS {r['peak_rss_mb']:7.0f} MB")
+    for r in results:
+        if "floor_seconds" in r:
+            print(f"{r.get('label', r['side']):>32} {r['dtype']:>9}: compute floor "
+                  f"{r['floor_seconds']:.2f} s/step ({r['prompt_tokens']:.0f} prompt + "
+                  f"{r['tokens_per_step']:.0f} sampled tokens at "
+                  f"{r['matmul_gflops']:.0f} GFLOP/s): the step is {r['floor_multiple']:.1f}x it")
     for key, ratio in report["ratios"].items():
         print(f"{key}: time {ratio['time']:.2f}x (per generated token "
               f"{ratio['time_per_token']:.2f}x), peak RSS {ratio['rss']:.2f}x, "
@@ -409,6 +426,38 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
             "time_per_token": per_token(ours) / per_token(theirs),
             "rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
             "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
+
+
+def matmul_gflops(dtype: str, seconds: float = 1.0) -> float:
+    """This machine's matmul rate at `dtype` on a decoder-sized product ([512, 576] x [576,
+    1536], SmolLM2-135M's hidden and MLP widths), best of a second of repeats."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(512, 576, dtype=kind), torch.randn(576, 1536, dtype=kind)
+    best, until = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 512 * 576 * 1536 / best / 1e9
+
+
+def add_floors(results: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """Each result's compute floor (see the module docstring) and its step as a multiple."""
+    from r1lab.core.models import load_model
+
+    model, tokenizer = load_model(settings["model"], "float32")
+    weights = sum(p.numel() for p in model.parameters())  # a tied head counted once: its matmul
+    prompts, _ = prompts_and_examples({**settings, "steps": 1}, tokenizer)
+    prompt_tokens = sum(len(tokenizer(p).input_ids) for p in prompts)
+    per_token = (10 if settings["beta"] > 0 else 8) * weights
+    rates = {dtype: matmul_gflops(dtype) for dtype in {r["dtype"] for r in results}}
+    for r in results:
+        floor = per_token * (prompt_tokens + r.get("tokens_per_step", 0.0))
+        r.update(prompt_tokens=prompt_tokens, matmul_gflops=rates[r["dtype"]],
+                 floor_seconds=floor / (rates[r["dtype"]] * 1e9))
+        r["floor_multiple"] = r["seconds_per_step"] / r["floor_seconds"]
 
 
 def machine() -> dict[str, Any]:

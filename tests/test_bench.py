@@ -49,6 +49,21 @@ def test_grpo_step_bench_reports_both_sides_ratios_and_a_breakdown_plot(tmp_path
     assert plot.stat().st_size > 0
 
 
+def test_grpo_step_bench_takes_the_prompt_shape_and_reports_each_steps_compute_floor(tmp_path):
+    reports = {}
+    for shots in (0, 2):
+        out = tmp_path / f"shots{shots}.json"
+        run("grpo_step.py", "--out", str(out), "--dtypes", "float32", "--sides", "r1lab",
+            "--shots", str(shots))
+        reports[shots] = json.loads(out.read_text())
+    (zero,), (two,) = reports[0]["results"], reports[2]["results"]
+    assert reports[0]["settings"]["shots"] == 0 and reports[2]["settings"]["shots"] == 2
+    assert 0 < zero["prompt_tokens"] < two["prompt_tokens"]  # the worked examples are gone
+    for r in (zero, two):
+        assert r["matmul_gflops"] > 0 and r["floor_seconds"] > 0
+        assert r["floor_multiple"] == pytest.approx(r["seconds_per_step"] / r["floor_seconds"])
+
+
 def test_serve_bench_reports_both_phases_and_the_server_survives_bad_requests(tmp_path):
     out = tmp_path / "serve.json"
     run("serve.py", "--out", str(out))
