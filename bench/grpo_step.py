@@ -428,17 +428,21 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
             "gen_speed": ours["tokens_per_s"] / theirs["tokens_per_s"]}
 
 
-def matmul_gflops(dtype: str, seconds: float = 1.0) -> float:
-    """This machine's matmul rate at `dtype` on a decoder-sized product ([512, 576] x [576,
-    1536], SmolLM2-135M's hidden and MLP widths), best of a second of repeats."""
+def matmul_gflops(dtype: str, calls: int = 30) -> float:
+    """This machine's matmul rate at `dtype` through `F.linear` (the op the model's layers
+    call) on a decoder-sized product ([512, 576] by a [1536, 576] weight: SmolLM2-135M's
+    hidden and MLP widths), best of `calls` after a warm-up."""
     import torch
+    import torch.nn.functional as F
 
     kind = getattr(torch, dtype)
-    a, b = torch.randn(512, 576, dtype=kind), torch.randn(576, 1536, dtype=kind)
-    best, until = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < until:
+    x, w = torch.randn(512, 576, dtype=kind), torch.randn(1536, 576, dtype=kind)
+    for _ in range(3):
+        F.linear(x, w)
+    best = float("inf")
+    for _ in range(calls):
         start = time.perf_counter()
-        a @ b
+        F.linear(x, w)
         best = min(best, time.perf_counter() - start)
     return 2 * 512 * 576 * 1536 / best / 1e9
 

@@ -48,3 +48,20 @@ def test_incomparable_names_k_and_the_token_limit():
     b = {"settings": {"k": 4, "max_new_tokens": 128, "temperature": 0.6}, "problems": 100}
     assert advice.incomparable([a, b]) == ["k 8 vs 4", "max_new_tokens 48 vs 128"]
     assert advice.incomparable([a, a]) == []
+
+
+def test_bf16_compute_warns_only_on_a_cpu_without_bf16_instructions():
+    slow = advice.slow_bf16("bfloat16", "cpu", "fpu sse avx512f avx512_vnni")
+    assert slow is not None and "model.compute_dtype=float32" in slow
+    for flags in ("fpu avx512f avx512_bf16", "fpu amx_bf16 amx_tile"):
+        assert advice.slow_bf16("bfloat16", "cpu", flags) is None
+    assert advice.slow_bf16("float32", "cpu", "fpu avx512f") is None
+    assert advice.slow_bf16("bfloat16", "cuda", "fpu avx512f") is None
+    assert advice.slow_bf16("bfloat16", "cpu", "") is None  # flags unknown: no guess
+
+
+def test_a_trainer_on_this_machine_reads_its_cpu_flags():
+    from r1lab.train.replica import cpu_flags
+
+    flags = cpu_flags()
+    assert flags == "" or "fpu" in flags.split()

@@ -21,6 +21,9 @@ TRUNCATION = 0.3
 TINY_SPLIT = 10
 """Held-out problems below which pass@1 moves in steps too coarse to read."""
 
+BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16")
+"""CPU flags of the instructions that make bf16 matmuls faster than fp32 on a CPU."""
+
 COMPARED = ("k", "max_new_tokens", "temperature", "top_p", "split")
 """Evaluation settings that must agree for two pass@1 numbers to compare."""
 
@@ -68,6 +71,29 @@ def truncation(share: float, limit: str, what: str) -> str | None:
         f"{share:.0%} of {what} hit {limit} without finishing: their answers are cut off, so "
         "rewards and pass@1 measure the limit more than the model; raise the limit or add a "
         "stop string"
+    )
+
+
+def slow_bf16(compute_dtype: str, device: str, cpu_flags: str) -> str | None:
+    """bf16 compute on a CPU that has no bf16 instructions: there bf16 matmuls are emulated
+    and run several times slower than fp32 (measured on a 2-core Xeon without them: a linear
+    layer at 65 GFLOP/s in bf16, 296 in fp32), so the setting meant to save time costs it.
+    `cpu_flags` is /proc/cpuinfo's flags line ("" when unknown: no warning).
+
+    >>> slow_bf16("bfloat16", "cpu", "fpu avx512f").split(":")[0]
+    'model.compute_dtype bfloat16 on a CPU without bf16 instructions (avx512_bf16, amx_bf16)'
+    >>> slow_bf16("bfloat16", "cpu", "fpu avx512f avx512_bf16") is None
+    True
+    """
+    flags = set(cpu_flags.split())
+    if compute_dtype != "bfloat16" or device != "cpu" or not flags:
+        return None
+    if flags & set(BF16_INSTRUCTIONS):
+        return None
+    return (
+        f"model.compute_dtype bfloat16 on a CPU without bf16 instructions "
+        f"({', '.join(BF16_INSTRUCTIONS)}): bf16 matmuls run several times slower than fp32 "
+        "here; set model.compute_dtype=float32 (--set model.compute_dtype=float32)"
     )
 
 

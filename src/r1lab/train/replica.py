@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from r1lab.core import advice
+from r1lab.core.console import warn
 from r1lab.core.lora import attach, resume
 from r1lab.core.models import ModelConfig, load_model
 from r1lab.train import dist
@@ -238,4 +240,17 @@ def load_trainable(config: ModelConfig, checkpoint: Path | None) -> tuple[Any, A
             adapter = attach(model, config.lora, config.spec)
         model = adapter.get_base_model()
     model.to(dist.device(config.device))
+    slow = advice.slow_bf16(config.compute_dtype, next(model.parameters()).device.type,
+                            cpu_flags())
+    if slow:
+        warn(slow)
     return model, adapter, tokenizer
+
+
+def cpu_flags() -> str:
+    """This machine's CPU flags (/proc/cpuinfo, Linux); "" where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1] for line in info if line.startswith("flags")), "")
+    except OSError:
+        return ""
