@@ -148,7 +148,30 @@ def test_accumulated_gradient_does_not_depend_on_micro_batch_size(policy, loss_a
             # fp32 summation order differs; a split-dependent scale would be off by ~2-4x
             torch.testing.assert_close(g_split[name], g_whole[name], rtol=1e-4, atol=1e-5 * scale)
         for key in ("loss", "kl", "clip_frac", "entropy"):
-            assert s_split[key] == pytest.approx(s_whole[key], rel=1e-5, abs=1e-7), key
+            # (the loss sums terms of both signs: fp32 rounding of ~1e-7 per log-prob shows)
+            assert s_split[key] == pytest.approx(s_whole[key], rel=1e-5, abs=1e-6), key
+
+
+def test_passes_go_longest_first_only_when_that_runs_fewer_tokens(policy):
+    batch = build_batch(policy, None, groups(), REWARDS_OF_GROUPS, make_config(), PAD)
+    rows = torch.arange(8)  # completion lengths 3 8 1 5 | 8 2 4 6, prompts 5 columns wide
+    # by fours, sorted: (2 prompts * 5 + 4 * 8) + (2 * 5 + 4 * 4) = 68 < 2 * (5 + 4 * 8) = 74
+    by_four = update.micro_batches(batch, rows, 4)
+    assert [part.tolist() for part in by_four] == [[1, 4, 7, 3], [6, 0, 5, 2]]
+    # by twos, sorting would split every group across passes: 80 tokens against 74
+    by_two = update.micro_batches(batch, rows, 2)
+    assert [part.tolist() for part in by_two] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert update.micro_batches(batch, rows[:0], 4) == []
+
+
+def test_log_probs_do_not_depend_on_how_rows_are_cut_into_passes(policy):
+    batch = build_batch(policy, None, groups(), REWARDS_OF_GROUPS, make_config(), PAD)
+    whole = update.batch_logprobs(policy, batch, 8, 1.0)  # [8, 8]
+    for micro in (4, 1):  # longest first, trimmed to each pass's columns; one row at a time
+        parts = update.batch_logprobs(policy, batch, micro, 1.0)
+        torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+    real = batch.completion_attn.bool()
+    assert (whole[~real] == 0).all() and (whole[real] < 0).all()
 
 
 def test_single_pass_uses_ratio_one_and_never_clips(policy):

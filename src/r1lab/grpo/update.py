@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from r1lab.core.memory import between_phases
 from r1lab.core.models import cast_parameters
@@ -115,19 +116,54 @@ def rows_logprobs(
     with_entropy: bool = False,
     checkpoint_layers: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [m, Tc] of the completions `index`, running each of their prompts once."""
+    """Log-probs [m, Tc] of the completions `index`, running each of their prompts once.
+
+    The pass runs only the columns some row of `index` uses (the prompts' left padding and
+    the completions' right padding that every row has are cut, then the result is padded
+    back with zeros): a micro-batch of short completions does not pay for the step's longest.
+    """
     prompts, rows = torch.unique(batch.rows[index], return_inverse=True)
-    return prefix_logprobs(
+    prompt_mask = batch.prompt_mask[prompts]  # [u, Tp]
+    skip = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum())  # left padding of them all
+    attn = batch.completion_attn[index]  # [m, Tc]
+    width = max(1, int(attn.sum(-1).max()))
+    logp, entropy = prefix_logprobs(
         model,
-        batch.prompt_ids[prompts],
-        batch.prompt_mask[prompts],
+        batch.prompt_ids[prompts, skip:],
+        prompt_mask[:, skip:],
         rows,
-        batch.completion_ids[index],
-        batch.completion_attn[index],
+        batch.completion_ids[index, :width],
+        attn[:, :width],
         with_entropy=with_entropy,
         temperature=temperature,
         checkpoint_layers=checkpoint_layers,
-    )
+    )  # [m, width]
+    pad = attn.shape[1] - width
+    if not pad:
+        return logp, entropy
+    return F.pad(logp, (0, pad)), None if entropy is None else F.pad(entropy, (0, pad))
+
+
+def micro_batches(batch: RolloutBatch, rows: torch.Tensor, micro: int) -> list[torch.Tensor]:
+    """`rows` in passes of at most `micro`: in their order (each group's completions
+    together, so a pass runs few prompts), or longest completions first when that runs fewer
+    tokens (a pass runs its prompts once and its completions to its longest one: with short
+    prompts and uneven lengths, most of an unsorted pass can be padding). Either way the
+    gradient is the same sum; only its summation order differs."""
+    if not len(rows):
+        return []
+    lengths = batch.completion_attn[rows].sum(-1)  # [n]
+    by_length = rows[torch.argsort(lengths, descending=True, stable=True)]
+
+    def tokens(order: torch.Tensor) -> int:
+        width = batch.prompt_mask.shape[1]
+        return sum(
+            len(torch.unique(batch.rows[part])) * width
+            + len(part) * int(batch.completion_attn[part].sum(-1).max())
+            for part in order.split(micro)
+        )
+
+    return list((by_length if tokens(by_length) < tokens(rows) else rows).split(micro))
 
 
 @torch.no_grad()
@@ -137,12 +173,10 @@ def batch_logprobs(
     """Log-probs of every completion token under `model`, in micro-batches: [B, Tc]; with a
     distributed `replica`, each rank computes its share of the rows and all get them all."""
     replica = replica if replica is not None else Replica(model)
-    rows = replica.share(batch.size)
-    parts = [
-        rows_logprobs(model, batch, torch.arange(s, min(s + micro, rows.stop)), temperature)[0]
-        for s in range(rows.start, rows.stop, micro)
-    ]
-    local = torch.cat(parts) if parts else batch.completion_mask[:0]  # [0, Tc]: no rows here
+    share = replica.share(batch.size)
+    local = batch.completion_mask[share.start : share.stop].clone()  # [n, Tc]
+    for index in micro_batches(batch, torch.arange(share.start, share.stop), micro):
+        local[index - share.start] = rows_logprobs(model, batch, index, temperature)[0]
     return replica.gather_rows(local, batch.size)
 
 
@@ -169,7 +203,7 @@ def minibatch_loss(
     gaps: list[dict[str, torch.Tensor]] = []
     tokens = float(mask_all.sum().clamp(min=1))
     mine = replica.part(index)  # this rank's rows; every rank runs as many passes
-    passes = replica.lockstep(mine.split(g.micro_batch_size), index[:1])
+    passes = replica.lockstep(micro_batches(batch, mine, g.micro_batch_size), index[:1])
     for number, (idx, live) in enumerate(passes):
         between_phases()  # the last micro-batch's activations
         with replica.training_pass(last=number == len(passes) - 1):

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from r1lab.train.attention import cpu_training_attention
 from r1lab.train.lmhead import FusedHeadLogprobs
 
 CHUNK_LOGITS = 1 << 22  # logits per LM-head chunk (rows = this / vocabulary size)
@@ -124,7 +125,9 @@ def _shared_prefix_hidden(
     width = prompt_ids.shape[1]
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [U, Tp]
     cache = _PromptCache(config=model.config)
-    with _layer_checkpointing(decoder, checkpoint_layers and torch.is_grad_enabled()):
+    checkpointing = _layer_checkpointing(decoder, checkpoint_layers and torch.is_grad_enabled())
+    attention = cpu_training_attention(model, width + completion_ids.shape[1], checkpoint_layers)
+    with checkpointing, attention:
         out = decoder(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -287,12 +290,13 @@ def _completion_hidden_states(
         raise ValueError(f"logits_to_keep={logits_to_keep} must be in [1, {seq_len - 1}]")
     decoder = _backbone(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-    outputs = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    )
+    with cpu_training_attention(model, seq_len):
+        outputs = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
     hidden = outputs[0]  # last_hidden_state, [B, T, H]
     real = attention_mask.bool()  # [B, T]
     valid = real[:, 1:] & real[:, :-1]  # [B, T-1] a real token predicted from a real one
