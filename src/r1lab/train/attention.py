@@ -111,9 +111,13 @@ def block_attention_forward(
     if attention_mask is None:  # causal, the queries being the last `length` positions
         steps = torch.arange(span, device=query.device)
         attention_mask = (steps[None, :] <= steps[span - length :, None])[None, None]
-    grouped = query.reshape(batch, key.shape[1], groups * length, dim)  # [B, Hkv, gT, D]
+    # under autocast the rotated q and k arrive in fp32 (RoPE's tables are): cast them as
+    # autocast casts sdpa's inputs, so the Function keeps and multiplies bf16
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    grouped = query.to(dtype).reshape(batch, key.shape[1], groups * length, dim)  # [B, Hkv, gT, D]
     bias = _bias(attention_mask)  # [B|1, 1, 1, T, S]
-    out = BlockAttention.apply(grouped, key.to(query.dtype), value.to(query.dtype), bias, scale)
+    out = BlockAttention.apply(grouped, key.to(dtype), value.to(dtype), bias, scale)
     return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
