@@ -10,7 +10,7 @@ recomputes the probabilities from them, as flash attention does, in one block be
 rows are short. Grouped-query heads read their shared K/V without copies: queries
 [B, Hkv, g*T, D] against keys [B, Hkv, S, D].
 
-`cpu_training_attention(model, kv_length)` switches a model to it for the training passes
+`cpu_training_attention(model, kv_length)` switches a model to it for the log-prob passes
 inside, on a CPU, up to `MAX_KV` keys (one call's [B, H, T, S] temporaries grow with T*S),
 and only where the model uses `sdpa` (an explicit choice is kept).
 """
@@ -127,15 +127,17 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 @contextmanager
 def cpu_training_attention(model: Any, kv_length: int, recomputed: bool = False) -> Iterator[None]:
-    """The model's passes inside use `BlockAttention` when they record gradients on a CPU
-    with `sdpa` attention and at most `MAX_KV` keys; otherwise nothing changes (without
-    gradients sdpa's flash forward is the faster one: 4.8 ms against 7.7 per call above).
-    Nor with activation checkpointing (`recomputed`, or the model's own): the backward's
-    recomputation runs after this context, and must attend as the forward did."""
+    """The model's passes inside use `BlockAttention` on a CPU with `sdpa` attention and at
+    most `MAX_KV` keys; otherwise nothing changes. Passes without gradients use it too, so
+    that the policy's log-probs equal the old policy's and the reference's to the bit where
+    the weights do (sdpa's flash forward alone is faster: 4.8 ms a call against 7.7 at the
+    micro-batch's shapes above). Not under activation checkpointing (`recomputed`, or the
+    model's own): the backward's recomputation runs after this context, and must attend as
+    the forward did."""
     config = model.config
     device = next(model.parameters()).device
     recomputed = recomputed or getattr(model, "is_gradient_checkpointing", False)
-    wanted = torch.is_grad_enabled() and device.type == "cpu" and kv_length <= MAX_KV
+    wanted = device.type == "cpu" and kv_length <= MAX_KV
     if not wanted or recomputed or config._attn_implementation != "sdpa":
         yield
         return
