@@ -102,3 +102,12 @@ def test_sandbox_bench_reports_every_runner_and_the_overhead(tmp_path):
     assert all(r["exec_per_s"] > 0 and r["latency_ms_min"] > 0 for r in report["results"])
     assert set(report["overhead_strict_vs_bare_ms"]) == {"trivial", "humaneval"}
     assert "strict: bubblewrap" in report["machine"]["sandbox"]
+
+
+def test_attention_bench_times_each_implementation_on_both_weight_dtypes(tmp_path):
+    out = tmp_path / "attention.json"
+    run("attention.py", "--out", str(out), "--repeats", "1")
+    report = json.loads(out.read_text())
+    rows = {(r["weights"], r["attention"]) for r in report["results"]}
+    assert rows == {(w, a) for w in ("float32", "bfloat16") for a in ("sdpa", "block", "eager")}
+    assert all(r["seconds"] > 0 and r["saved_mb"] > 0 for r in report["results"])
