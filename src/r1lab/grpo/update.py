@@ -174,7 +174,7 @@ def batch_logprobs(
     distributed `replica`, each rank computes its share of the rows and all get them all."""
     replica = replica if replica is not None else Replica(model)
     share = replica.share(batch.size)
-    local = batch.completion_mask[share.start : share.stop].clone()  # [n, Tc]
+    local = torch.empty_like(batch.completion_mask[share.start : share.stop])  # [n, Tc]
     for index in micro_batches(batch, torch.arange(share.start, share.stop), micro):
         local[index - share.start] = rows_logprobs(model, batch, index, temperature)[0]
     return replica.gather_rows(local, batch.size)
